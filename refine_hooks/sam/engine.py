@@ -1,0 +1,186 @@
+"""Run a SAM-family model: preprocess and encode each image once, decode prompt batches in chunks.
+
+Coordinates follow SAM's predictor: prompts arrive in original-image pixels and are scaled to the
+resized-image frame (longest side = encoder input size) exactly like ``ResizeLongestSide`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass
+class ImageEmbedding:
+    """The encoder output for one image.
+
+    Attributes:
+        features: float32 ``1 x C x h x w`` on the model's device (h = w = encoder size / patch size).
+        original_size: ``(H, W)`` of the image.
+        input_size: ``(h', w')`` of the image resized so that its longest side is the encoder size.
+        interm_features: HQ-SAM's early-layer features (``1 x h x w x C'``), None for SAM.
+    """
+
+    features: torch.Tensor
+    original_size: Tuple[int, int]
+    input_size: Tuple[int, int]
+    interm_features: Optional[torch.Tensor] = None
+
+
+def resized_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
+    """``(h', w')`` with the longest side ``long_side``, rounded like ``ResizeLongestSide``."""
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+class SamEngine:
+    """Encoder and decoder calls of a SAM-family model, with bounded memory.
+
+    Args:
+        model: a ``segment_anything`` ``Sam`` (or HQ-SAM) in eval mode.
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:1``...).
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast for the image encoder (the decoder stays fp32).
+        decoder_chunk_size: prompt sets decoded per decoder call; bounds memory for images with many masks.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, device: str = "cpu", precision: str = "fp32", decoder_chunk_size: int = 64):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if decoder_chunk_size < 1:
+            raise ValueError(f"decoder_chunk_size must be >= 1, got {decoder_chunk_size}")
+        self.model = model.eval()
+        self.precision = precision
+        self.decoder_chunk_size = decoder_chunk_size
+        self.is_hq = hasattr(model.mask_decoder, "hf_token")
+        self.to(device)
+
+    def to(self, device) -> "SamEngine":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square encoder input (1024 for the official models)."""
+        return int(self.model.image_encoder.img_size)
+
+    @property
+    def embedding_size(self) -> Tuple[int, int]:
+        return tuple(self.model.prompt_encoder.image_embedding_size)
+
+    @property
+    def mask_input_size(self) -> Tuple[int, int]:
+        """Side of the dense mask prompt (256x256 for the official models)."""
+        return tuple(self.model.prompt_encoder.mask_input_size)
+
+    # ------------------------------------------------------------------ encoder
+    def preprocess(self, image: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """uint8 ``H x W x 3`` RGB -> float32 ``3 x S x S`` normalised and padded on the device, and ``(h', w')``.
+
+        Resizing runs on the device with antialiased bilinear interpolation, as SAM's ``apply_image_torch``.
+        """
+        height, width = image.shape[:2]
+        input_size = resized_shape(height, width, self.image_size)
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
+        pixels = F.interpolate(pixels, input_size, mode="bilinear", align_corners=False, antialias=True)
+        return self.model.preprocess(pixels[0]), input_size
+
+    @torch.no_grad()
+    def encode(self, images: Sequence[np.ndarray], batch_size: int = 1) -> List[ImageEmbedding]:
+        """Encode each image once; ``batch_size`` images share an encoder call."""
+        embeddings: List[ImageEmbedding] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            inputs, input_sizes = zip(*(self.preprocess(image) for image in chunk))
+            with self._autocast():
+                output = self.model.image_encoder(torch.stack(inputs))
+            features, interm = (output if self.is_hq else (output, None))
+            for i, image in enumerate(chunk):
+                embeddings.append(
+                    ImageEmbedding(
+                        features=features[i : i + 1].float(),
+                        original_size=tuple(image.shape[:2]),
+                        input_size=input_sizes[i],
+                        interm_features=None if interm is None else [t[i : i + 1].float() for t in interm],
+                    )
+                )
+        return embeddings
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ decoder
+    def scale_coords(self, coords: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """float ``... x 2`` (x, y) in original pixels -> the resized-image frame, as ``apply_coords``."""
+        (height, width), (new_h, new_w) = embedding.original_size, embedding.input_size
+        scale = torch.tensor([new_w / width, new_h / height], dtype=torch.float32, device=coords.device)
+        return coords.float() * scale
+
+    @torch.no_grad()
+    def decode(
+        self,
+        embedding: ImageEmbedding,
+        *,
+        point_coords: Optional[torch.Tensor] = None,
+        point_labels: Optional[torch.Tensor] = None,
+        boxes: Optional[torch.Tensor] = None,
+        mask_inputs: Optional[torch.Tensor] = None,
+        multimask_output: bool = True,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Decode N prompt sets of one image, ``decoder_chunk_size`` at a time.
+
+        Args:
+            embedding: from :meth:`encode`.
+            point_coords: float ``N x P x 2`` (x, y) in original-image pixels; label -1 marks "no point".
+            point_labels: int ``N x P``: 1 foreground, 0 background, -1 padding.
+            boxes: float ``N x 4`` ``x1, y1, x2, y2`` in original-image pixels.
+            mask_inputs: float ``N x 1 x m x m`` dense prompts in the mask-input frame (m = 4 x embedding).
+
+        Returns:
+            low-res logits float32 ``N x K x m x m`` and predicted IoUs float32 ``N x K``
+            (K = 3 with ``multimask_output``, else 1).
+        """
+        count = next(t.shape[0] for t in (point_coords, boxes, mask_inputs) if t is not None)
+        logits, ious = [], []
+        for start in range(0, count, self.decoder_chunk_size):
+            part = slice(start, start + self.decoder_chunk_size)
+            points = None
+            if point_coords is not None:
+                points = (self.scale_coords(point_coords[part], embedding).to(self.device), point_labels[part].to(self.device))
+            box = None if boxes is None else self.scale_coords(boxes[part].reshape(-1, 2, 2), embedding).reshape(-1, 4).to(self.device)
+            dense = None if mask_inputs is None else mask_inputs[part].to(self.device)
+            chunk_logits, chunk_ious = self._decode_chunk(embedding, points, box, dense, multimask_output)
+            logits.append(chunk_logits.float())
+            ious.append(chunk_ious.float())
+        return torch.cat(logits), torch.cat(ious)
+
+    def _decode_chunk(self, embedding, points, boxes, masks, multimask_output):
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        kwargs = dict(
+            image_embeddings=embedding.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        if self.is_hq:
+            kwargs.update(hq_token_only=False, interm_embeddings=embedding.interm_features)
+        return self.model.mask_decoder(**kwargs)
+
+    # ------------------------------------------------------------------ postprocess
+    def upsample_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """float ``N x m x m`` low-res logits -> float32 ``N x H x W`` at the original size (``Sam.postprocess_masks``)."""
+        logits = F.interpolate(low_res_logits[:, None].float(), (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        new_h, new_w = embedding.input_size
+        logits = F.interpolate(logits[..., :new_h, :new_w], embedding.original_size, mode="bilinear", align_corners=False)
+        return logits[:, 0]
