@@ -1,0 +1,18 @@
+"""Refiners: coarse masks in, refined masks out."""
+
+from .base import PASS_BELOW_MIN_AREA, PASS_EMPTY, PASS_SAM_EMPTY, Refiner, RefineResult, check_image_and_masks
+from .registry import REFINER_BUILDERS, build_refiner, build_samrefiner
+from .samrefiner import SAMRefiner
+
+__all__ = [
+    "PASS_BELOW_MIN_AREA",
+    "PASS_EMPTY",
+    "PASS_SAM_EMPTY",
+    "REFINER_BUILDERS",
+    "Refiner",
+    "RefineResult",
+    "SAMRefiner",
+    "build_refiner",
+    "build_samrefiner",
+    "check_image_and_masks",
+]
