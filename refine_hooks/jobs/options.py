@@ -1,0 +1,119 @@
+"""What a pseudo-label refinement job is asked to do, and which of it decides the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+REFINERS = ("samrefiner", "phoenix")
+# Refiner arguments that set how work is batched on the device, not what comes out.
+THROUGHPUT_KWARGS = frozenset({"decoder_chunk_size", "encoder_batch_size", "max_chunk_pixels"})
+
+
+@dataclasses.dataclass
+class JobOptions:
+    """Options of :func:`refine_hooks.jobs.refine_annotation_file`.
+
+    Result-deciding options (the refiner, its model and hyper-parameters, thresholds, what is kept) are
+    recorded in the work directory's manifest; resuming with different ones is refused. Throughput
+    options (``workers``, ``max_masks_per_batch``, ``shard``, ``device`` index) may change between runs.
+
+    Attributes:
+        refiner: ``"samrefiner"`` or ``"phoenix"``.
+        refiner_kwargs: more hyper-parameters, passed to the refiner's constructor.
+        model_type: SAM variant (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``).
+        checkpoint: SAM weights file; ``None`` lets the refiner fetch / build its default.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``cuda`` becomes ``cuda:LOCAL_RANK``.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        score_thr: records with a ``score`` below it are passed through, not refined.
+        min_area: coarse masks with fewer pixels are passed through, not refined.
+        max_masks_per_batch: masks per refiner call, across images (bounds memory and sets GPU batch size).
+        images_per_batch: images per refiner call at most.
+        workers: DataLoader workers that decode images and masks ahead of the refiner (0: in-process).
+        limit: refine only the first ``limit`` images (in file order); the output holds only those.
+        skip_missing_images: copy the records of missing / unreadable images through (with the reason)
+            instead of stopping before any work.
+        skip_invalid_records: copy records whose segmentation is malformed, whose size disagrees with the
+            image, or whose image is unknown, instead of stopping before any work.
+        keep_coarse: store the input mask of each refined record as ``coarse_segmentation``.
+        image_info: COCO annotation file naming the images of a result list or ``.pth`` input.
+        chunk_size: images per shard file (the unit of work that survives a crash).
+        shard: ``(index, count)``: process only this part of the images (cluster schedulers).
+        keep_work_dir: keep the shards after the final file is written.
+        progress: show a progress bar.
+    """
+
+    refiner: str = "samrefiner"
+    refiner_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_type: str = "vit_h"
+    checkpoint: Optional[str] = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    score_thr: float = 0.0
+    min_area: int = 0
+    max_masks_per_batch: int = 64
+    images_per_batch: int = 4
+    workers: int = 2
+    limit: Optional[int] = None
+    skip_missing_images: bool = False
+    skip_invalid_records: bool = False
+    keep_coarse: bool = False
+    image_info: Optional[str] = None
+    chunk_size: int = 64
+    shard: Tuple[int, int] = (0, 1)
+    keep_work_dir: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the option that is out of range."""
+        if self.refiner not in REFINERS:
+            raise ValueError(f"--refiner must be one of {', '.join(REFINERS)}, got {self.refiner!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        for name in ("max_masks_per_batch", "images_per_batch", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.workers < 0:
+            raise ValueError("--workers must be 0 or more")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("--limit must be at least 1")
+        index, count = self.shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"--shard must be i/n with 0 <= i < n, got {index}/{count}")
+
+    def result_options(self) -> Dict[str, Any]:
+        """The options that decide the output file, JSON-ready (the manifest compares them on resume)."""
+        checkpoint = None
+        if self.checkpoint is not None:
+            # Path and size: hashing a 2.5 GB vit_h file on every start would cost more than it saves.
+            path = os.path.abspath(self.checkpoint)
+            checkpoint = {"path": path, "size": os.path.getsize(path) if os.path.exists(path) else None}
+        return {
+            "refiner": self.refiner,
+            "refiner_kwargs": json.loads(
+                json.dumps({k: v for k, v in self.refiner_kwargs.items() if k not in THROUGHPUT_KWARGS}, sort_keys=True, default=str)
+            ),
+            "model_type": self.model_type,
+            "checkpoint": checkpoint,
+            "device_type": self.device.split(":")[0],
+            "precision": self.precision,
+            "score_thr": float(self.score_thr),
+            "min_area": int(self.min_area),
+            "limit": self.limit,
+            "skip_missing_images": self.skip_missing_images,
+            "skip_invalid_records": self.skip_invalid_records,
+            "keep_coarse": self.keep_coarse,
+            "chunk_size": self.chunk_size,
+        }
+
+
+def file_sha256(path: str, block_size: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_size), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,100 @@
+"""The on-disk state of a job: ``OUT.work/`` next to the output file.
+
+```
+OUT.work/manifest.json          what the job is: input file hash, result-deciding options, chunk count
+OUT.work/chunk-0000042.json     outputs of every record of chunk 42's images, written once, atomically
+```
+
+A chunk file exists only when complete (temporary file + fsync + rename), so a killed job loses at most
+the chunks it was working on, and a rerun skips every chunk that has a file. Chunk files do not depend on
+how many ranks or shards produced them, so any split can resume any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from typing import Any, Dict, Set
+
+from ..data.annotations import atomic_write
+
+MANIFEST = "manifest.json"
+_CHUNK_PREFIX = "chunk-"
+
+
+class WorkDirMismatchError(RuntimeError):
+    """A half-done job in the work directory was started with other inputs or options."""
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def work_dir_for(output_path: str) -> str:
+    return os.path.abspath(output_path) + ".work"
+
+
+class WorkDir:
+    """Manifest and chunk files of one job (see the module docstring)."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.root, MANIFEST)
+
+    def chunk_path(self, chunk: int) -> str:
+        return os.path.join(self.root, f"{_CHUNK_PREFIX}{chunk:07d}.json")
+
+    def open(self, manifest: Dict[str, Any]) -> bool:
+        """Start or resume the job described by ``manifest``. Returns True when resuming.
+
+        Raises :class:`WorkDirMismatchError` naming what changed when the directory holds another job.
+        """
+        os.makedirs(self.root, exist_ok=True)
+        if os.path.exists(self.manifest_path):
+            with open(self.manifest_path) as handle:
+                existing = json.load(handle)
+            if existing != manifest:
+                old, new = _flatten(existing), _flatten(manifest)
+                changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+                raise WorkDirMismatchError(
+                    f"{self.root} holds a half-done job with other inputs or options (changed: {', '.join(changed)}). "
+                    "Rerun with the original input and options to finish it, or delete the directory to start over."
+                )
+            return True
+        if self.done_chunks():
+            raise WorkDirMismatchError(f"{self.root} has chunk files but no {MANIFEST}; delete the directory to start over")
+        atomic_write(self.manifest_path, lambda handle: json.dump(manifest, handle, indent=1, sort_keys=True))
+        return False
+
+    def done_chunks(self) -> Set[int]:
+        if not os.path.isdir(self.root):
+            return set()
+        return {
+            int(name[len(_CHUNK_PREFIX) : -len(".json")])
+            for name in os.listdir(self.root)
+            if name.startswith(_CHUNK_PREFIX) and name.endswith(".json")
+        }
+
+    def write_chunk(self, chunk: int, outputs: Dict[int, Dict[str, Any]]) -> None:
+        """Store the outputs (record index -> output) of a finished chunk, atomically."""
+        payload = {"chunk": chunk, "host": socket.gethostname(), "records": sorted(outputs.items())}
+        atomic_write(self.chunk_path(chunk), lambda handle: json.dump(payload, handle))
+
+    def read_chunk(self, chunk: int) -> Dict[int, Dict[str, Any]]:
+        with open(self.chunk_path(chunk)) as handle:
+            payload = json.load(handle)
+        return {int(index): output for index, output in payload["records"]}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
