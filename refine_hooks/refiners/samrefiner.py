@@ -168,7 +168,7 @@ class SAMRefiner(Refiner):
         count = masks.shape[0]
         output = masks.copy()
         ious = np.full(count, np.nan, dtype=np.float32)
-        areas = masks.reshape(count, -1).sum(axis=1)
+        areas = masks.sum(axis=(1, 2))
         passed = {int(i): PASS_EMPTY for i in np.flatnonzero(areas == 0)}
         passed.update({int(i): PASS_BELOW_MIN_AREA for i in np.flatnonzero((areas > 0) & (areas < self.min_area))})
         todo = np.asarray([i for i in range(count) if i not in passed], dtype=np.int64)
@@ -241,7 +241,7 @@ class SAMRefiner(Refiner):
                 boxes, expanded = elastic_boxes(boxes, similar, margin)
             prompts["boxes"] = torch.from_numpy(boxes.astype(np.float32))
         if self.use_mask:
-            areas = masks.reshape(len(masks), -1).sum(axis=1)
+            areas = masks.sum(axis=(1, 2))
             crops = [gaussian_weights(d, int(a), self.gamma, self.gaussian) for d, a in zip(depths, areas)]
             weights = paste_crops(crops, [d.origin for d in depths], masks.shape[1:])
             # The authors' code means amplitude 1 for masks whose box grew, but applies the flag of the

@@ -155,7 +155,10 @@ def _unwrap(state: Any) -> Dict[str, torch.Tensor]:
 
 
 def _load_state_dict(sam: torch.nn.Module, state_dict: Dict[str, torch.Tensor], path: Path) -> None:
-    missing, unexpected = sam.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = sam.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"{path} does not fit the {type(sam).__name__} architecture: {str(error)[:500]}") from None
     if missing or unexpected:
         raise ValueError(
             f"{path} does not fit the {type(sam).__name__} architecture: "
