@@ -87,57 +87,41 @@ def rle_string_to_counts(counts: bytes) -> np.ndarray:
     return values
 
 
-def _foreground_runs(counts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive) column-major indices of the non-empty foreground runs, merged when
-    touching (an uncompressed RLE may carry zero-length runs)."""
-    ends = np.cumsum(counts)
-    begins = ends - counts
-    fg_begin, fg_end = begins[1::2], ends[1::2]
-    keep = fg_end > fg_begin
-    fg_begin, fg_end = fg_begin[keep], fg_end[keep]
-    if fg_begin.size > 1:
-        touching = fg_begin[1:] == fg_end[:-1]
-        if touching.any():
-            fg_begin = fg_begin[np.concatenate(([True], ~touching))]
-            fg_end = fg_end[np.concatenate((~touching, [True]))]
-    return fg_begin, fg_end
+# Working in column-major order: a COCO RLE runs down the columns of an H x W mask, i.e. along the rows
+# of its W x H transpose. Crops below are kept transposed (one row per mask column); erosion by a square
+# does not care about the transpose, so nothing is ever transposed back.
 
 
-def counts_to_crop(counts: np.ndarray, height: int, width: int) -> Optional[Tuple[np.ndarray, int, int]]:
-    """Decode run lengths of an ``height x width`` mask into its bounding-box crop.
-
-    Returns ``(crop, x0, y0)`` with ``crop`` bool ``h x w`` (the tight box), or ``None`` for an empty mask.
-    """
-    if int(counts.sum()) != height * width:
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, not {height}x{width}={height * width}")
-    begin, end = _foreground_runs(counts)
-    if begin.size == 0:
+def _decode_columns(counts: np.ndarray, height: int, width: int) -> Optional[Tuple[np.ndarray, int, int]]:
+    """Run lengths -> ``(crop_t, x0, y0)``: bool ``w x h`` transposed bounding-box crop, or ``None`` if empty."""
+    total = int(counts.sum())
+    if total != height * width:
+        raise ValueError(f"RLE counts sum to {total}, not {height}x{width}={height * width}")
+    fg = np.flatnonzero(counts[1::2]) * 2 + 1  # indices of non-empty foreground runs
+    if fg.size == 0:
         return None
-    # Split runs at column ends: one segment per (run, column).
-    col_begin, col_last = begin // height, (end - 1) // height
-    n_seg = col_last - col_begin + 1
-    run_of_seg = np.repeat(np.arange(begin.size), n_seg)
-    first_seg = np.cumsum(n_seg) - n_seg
-    col = col_begin[run_of_seg] + (np.arange(run_of_seg.size) - first_seg[run_of_seg])
-    row0 = np.maximum(begin[run_of_seg], col * height) - col * height
-    row1 = np.minimum(end[run_of_seg], (col + 1) * height) - col * height
-    x0, x1 = int(col.min()), int(col.max()) + 1
-    y0, y1 = int(row0.min()), int(row1.max())
-    # Segments in one column are at least one background pixel apart, so no two marks collide.
-    marks = np.zeros((y1 - y0 + 1, x1 - x0), dtype=np.int8)
-    marks[row0 - y0, col - x0] = 1
-    marks[row1 - y0, col - x0] = -1
-    crop = np.cumsum(marks, axis=0, dtype=np.int8)[:-1].astype(bool)
-    return crop, x0, y0
+    ends = np.cumsum(counts)
+    first, last = int(fg[0]), int(fg[-1])
+    begin, end = int(ends[first] - counts[first]), int(ends[last])
+    x0, x1 = begin // height, (end - 1) // height + 1
+    runs = counts[first : last + 1]
+    values = np.zeros(runs.size, dtype=np.uint8)
+    values[0::2] = 1  # runs alternate foreground, background, ..., foreground
+    flat = np.zeros((x1 - x0) * height, dtype=np.uint8)
+    flat[begin - x0 * height : end - x0 * height] = np.repeat(values, runs)
+    columns = flat.reshape(x1 - x0, height)
+    rows = np.flatnonzero(columns.any(axis=0))
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    return np.ascontiguousarray(columns[:, y0:y1]).view(bool), x0, y0
 
 
-def crop_to_counts(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> np.ndarray:
-    """Run lengths (int64, canonical like ``pycocotools.mask.encode``) of an ``height x width`` mask that
-    is zero outside the bool ``crop`` placed at column ``x0``, row ``y0``."""
-    h, w = crop.shape
-    columns = np.zeros((w, h + 2), dtype=np.int8)  # one row per mask column, zero-padded ends
-    columns[:, 1:-1] = crop.T
-    col, row = np.nonzero(np.diff(columns, axis=1))  # alternating run starts and ends, column-major
+def _encode_columns(crop_t: np.ndarray, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+    """Run lengths (int64, canonical like ``pycocotools.mask.encode``) of the ``height x width`` mask that is
+    zero outside the transposed bool crop ``crop_t`` (``w x h``) whose first column is ``x0``, row ``y0``."""
+    w, h = crop_t.shape
+    padded = np.zeros((w, h + 2), dtype=np.int8)  # zero-padded column ends
+    padded[:, 1:-1] = crop_t
+    col, row = np.nonzero(np.diff(padded, axis=1))  # alternating run starts and ends, column-major
     edges = (x0 + col) * height + y0 + row
     if edges.size:
         # A run ending at the bottom of a column and one starting at the top of the next are one run.
@@ -152,6 +136,21 @@ def crop_to_counts(crop: np.ndarray, x0: int, y0: int, height: int, width: int) 
     return counts[:-1] if counts.size > 1 and counts[-1] == 0 else counts
 
 
+def counts_to_crop(counts: np.ndarray, height: int, width: int) -> Optional[Tuple[np.ndarray, int, int]]:
+    """Decode run lengths of an ``height x width`` mask into its bounding-box crop.
+
+    Returns ``(crop, x0, y0)`` with ``crop`` bool ``h x w`` (the tight box), or ``None`` for an empty mask.
+    """
+    decoded = _decode_columns(counts, height, width)
+    return None if decoded is None else (decoded[0].T, decoded[1], decoded[2])
+
+
+def crop_to_counts(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+    """Run lengths (int64, canonical like ``pycocotools.mask.encode``) of an ``height x width`` mask that
+    is zero outside the bool ``crop`` (``h x w``) placed at column ``x0``, row ``y0``."""
+    return _encode_columns(crop.T, x0, y0, height, width)
+
+
 def _compress(counts: np.ndarray, height: int, width: int) -> bytes:
     rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.astype(np.uint32)}, height, width)
     return rle["counts"]
@@ -159,13 +158,12 @@ def _compress(counts: np.ndarray, height: int, width: int) -> bytes:
 
 def boundary_counts(counts: bytes, height: int, width: int, dilation: int) -> bytes:
     """Compressed RLE string of the boundary band of the mask given as a compressed RLE string."""
-    decoded = counts_to_crop(rle_string_to_counts(counts), height, width)
+    decoded = _decode_columns(rle_string_to_counts(counts), height, width)
     if decoded is None:
         return _compress(np.array([height * width]), height, width)
-    crop, x0, y0 = decoded
-    eroded = _erode_zero_outside(crop.view(np.uint8), dilation).view(bool)
-    band = crop & ~eroded
-    return _compress(crop_to_counts(band, x0, y0, height, width), height, width)
+    crop_t, x0, y0 = decoded
+    eroded = _erode_zero_outside(crop_t.view(np.uint8), dilation).view(bool)
+    return _compress(_encode_columns(crop_t & ~eroded, x0, y0, height, width), height, width)
 
 
 def rle_to_boundary(rle: Dict[str, Any], dilation_ratio: float = DEFAULT_DILATION_RATIO) -> Dict[str, Any]:
@@ -223,36 +221,42 @@ class BoundaryIoUTable:
     once.
 
     Use: :meth:`add` every group (detections already in matching order), then :meth:`compute` once, then
-    :meth:`ious` per group. A pair with mask IoU 0 has boundary IoU 0 too (the boundary lies inside the
-    mask), so boundaries are computed only for masks that overlap some partner: a detection far from
-    every ground truth of its category never needs one. The result is exactly
-    ``min(mask IoU, boundary IoU)`` for non-crowd ground truth and mask IoU for crowd ground truth.
+    :meth:`ious` per group. The IoU is ``min(mask IoU, boundary IoU)`` for non-crowd ground truth and
+    mask IoU for crowd ground truth. Boundaries are computed only for masks in a pair whose mask IoU
+    reaches ``min_iou``: below it ``min(mask IoU, boundary IoU)`` is below it as well, so with ``min_iou``
+    = the lowest matching threshold such a pair can never match, and its entry keeps the mask IoU (an
+    upper bound that matching treats identically). Evaluators pass the lowest IoU threshold;
+    ``min_iou=0`` computes the exact value of every entry (pairs with mask IoU 0 have boundary IoU 0).
 
-    ``cache`` (optional dict) keeps boundaries between evaluations, keyed by ``(kind, annotation id)``;
-    pass the same dict only with the same ground-truth object (e.g. coarse vs refined comparisons).
+    ``gt_cache`` (optional dict) keeps ground-truth boundaries between evaluations, keyed by annotation id;
+    pass the same dict only with the same ground truth (e.g. coarse vs refined comparisons). Detection
+    boundaries are never shared: result ids restart at 1 in every result file.
     """
 
     def __init__(self, dilation_ratio: float = DEFAULT_DILATION_RATIO, *, workers: int = 1,
-                 progress: bool = True, cache: Optional[Dict[Tuple[str, int], Dict[str, Any]]] = None):
+                 progress: bool = True, gt_cache: Optional[Dict[Any, Dict[str, Any]]] = None,
+                 min_iou: float = 0.0):
         self.dilation_ratio = dilation_ratio
+        self.min_iou = min_iou
         self.workers = workers
         self.progress = progress
-        self.boundaries: Dict[Tuple[str, Any], Dict[str, Any]] = cache if cache is not None else {}
+        self._dt_boundaries: Dict[Any, Dict[str, Any]] = {}
+        self._gt_boundaries: Dict[Any, Dict[str, Any]] = gt_cache if gt_cache is not None else {}
         self._groups: Dict[Any, Tuple[np.ndarray, List[Tuple[str, Any]], List[Tuple[str, Any]], np.ndarray]] = {}
         self._pending: Dict[Tuple[str, Any], Dict[str, Any]] = {}
         self.n_computed = 0
         self.n_masks = 0
 
     def add(self, key: Any, dts: Sequence[Dict[str, Any]], gts: Sequence[Dict[str, Any]],
-            iscrowd: Sequence[int], gt_kind: str = "gt") -> None:
+            iscrowd: Sequence[int]) -> None:
         """Register a group: ``dts`` and ``gts`` are annotation dicts with RLE ``segmentation`` and ``id``."""
         mask_ious = np.asarray(mask_utils.iou([d["segmentation"] for d in dts],
                                               [g["segmentation"] for g in gts], list(iscrowd)), dtype=np.float64)
         crowd = np.asarray(iscrowd, dtype=bool)
-        overlap = mask_ious > 0
+        overlap = mask_ious >= self.min_iou if self.min_iou > 0 else mask_ious > 0
         overlap[:, crowd] = False
         dt_keys = [("dt", d["id"]) for d in dts]
-        gt_keys = [(gt_kind, g["id"]) for g in gts]
+        gt_keys = [("gt", g["id"]) for g in gts]
         self.n_masks += len(dts) + int((~crowd).sum())
         for i in np.flatnonzero(overlap.any(axis=1)):
             self._want(dt_keys[i], dts[i]["segmentation"])
@@ -264,15 +268,23 @@ class BoundaryIoUTable:
         return key in self._groups
 
     def _want(self, key: Tuple[str, Any], rle: Dict[str, Any]) -> None:
-        if key not in self.boundaries:
+        if key[1] not in self._store(key[0]):
             self._pending[key] = rle
+
+    def _store(self, kind: str) -> Dict[Any, Dict[str, Any]]:
+        return self._dt_boundaries if kind == "dt" else self._gt_boundaries
+
+    def boundary(self, key: Tuple[str, Any]) -> Dict[str, Any]:
+        """Boundary RLE of ``("dt" | "gt", annotation id)`` (after :meth:`compute`)."""
+        return self._store(key[0])[key[1]]
 
     def compute(self) -> None:
         """Compute every boundary still missing (parallel over ``workers`` processes)."""
         keys = list(self._pending)
         rles = compute_boundaries([self._pending[k] for k in keys], self.dilation_ratio,
                                   workers=self.workers, progress=self.progress, desc="boundary bands")
-        self.boundaries.update(zip(keys, rles))
+        for key, rle in zip(keys, rles):
+            self._store(key[0])[key[1]] = rle
         self.n_computed += len(keys)
         self._pending.clear()
 
@@ -282,8 +294,8 @@ class BoundaryIoUTable:
         out = mask_ious.copy()
         rows, cols = np.flatnonzero(overlap.any(axis=1)), np.flatnonzero(overlap.any(axis=0))
         if rows.size:
-            b = np.asarray(mask_utils.iou([self.boundaries[dt_keys[i]] for i in rows],
-                                          [self.boundaries[gt_keys[j]] for j in cols], [0] * cols.size))
+            b = np.asarray(mask_utils.iou([self.boundary(dt_keys[i]) for i in rows],
+                                          [self.boundary(gt_keys[j]) for j in cols], [0] * cols.size))
             block = np.ix_(rows, cols)
             out[block] = np.minimum(mask_ious[block], b.reshape(rows.size, cols.size))
         return out

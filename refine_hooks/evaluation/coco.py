@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO, BoundaryIoUTable
-from refine_hooks.evaluation.results import EvaluationResult, prepare_mask_results
+from refine_hooks.evaluation.results import EvaluationResult, boundary_note, prepare_mask_results
 
 IOU_TYPES = ("segm", "boundary")
 
@@ -67,15 +67,18 @@ class BoundaryCOCOeval(COCOeval):
 
     ``params.iouType`` stays ``"segm"`` because everything else (RLE conversion, area ranges, summary) is
     the segm machinery; only :meth:`computeIoU` differs. Boundaries are computed once per mask, before
-    the per-image loop, over ``workers`` processes (see :class:`BoundaryIoUTable`).
+    the per-image loop, over ``workers`` processes, and only for pairs that can match (mask IoU at least
+    the lowest IoU threshold; see :class:`BoundaryIoUTable`). ``exhaustive=True`` computes every entry of
+    ``self.ious`` exactly instead; the AP numbers are the same either way.
     """
 
     def __init__(self, cocoGt: COCO, cocoDt: COCO, *, dilation_ratio: float = DEFAULT_DILATION_RATIO,
                  workers: int = 1, progress: bool = True,
-                 boundary_cache: Optional[Dict[Tuple[str, int], Dict[str, Any]]] = None):
+                 boundary_cache: Optional[Dict[Any, Dict[str, Any]]] = None, exhaustive: bool = False):
         super().__init__(cocoGt, cocoDt, iouType="segm")
         self.dilation_ratio = dilation_ratio
-        self.table = BoundaryIoUTable(dilation_ratio, workers=workers, progress=progress, cache=boundary_cache)
+        self.exhaustive = exhaustive
+        self.table = BoundaryIoUTable(dilation_ratio, workers=workers, progress=progress, gt_cache=boundary_cache)
 
     def _selected(self, imgId: int, catId: int) -> Tuple[List[dict], List[dict]]:
         """Ground truths and the kept detections (score order, first ``maxDets[-1]``) exactly as
@@ -92,6 +95,7 @@ class BoundaryCOCOeval(COCOeval):
     def _prepare(self) -> None:
         super()._prepare()
         p = self.params
+        self.table.min_iou = 0.0 if self.exhaustive else float(min(p.iouThrs))
         if p.useCats:
             groups = sorted(k for k in self._gts if k in self._dts and self._gts[k] and self._dts[k])
         else:
@@ -158,7 +162,7 @@ def evaluate_coco(
     dilation_ratio: float = DEFAULT_DILATION_RATIO,
     img_ids: Optional[Sequence[int]] = None,
     progress: bool = True,
-    boundary_cache: Optional[Dict[Tuple[str, int], Dict[str, Any]]] = None,
+    boundary_cache: Optional[Dict[Any, Dict[str, Any]]] = None,
 ) -> EvaluationResult:
     """COCO mask AP (``segm``) and Boundary AP (``boundary``).
 
@@ -205,7 +209,5 @@ def evaluate_coco(
         stats, table = summarize_coco(E)
         out.add(iou_type, stats, table, per_category_ap(E), time.perf_counter() - start)
         if iou_type == "boundary":
-            out.notes.append(f"boundary: dilation ratio {dilation_ratio}; {E.table.n_computed} boundaries "
-                             f"computed for {E.table.n_masks} masks in matched groups (masks overlapping no "
-                             "partner need none: their IoU is 0 either way)")
+            out.notes.append(boundary_note(E.table))
     return out

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO, BoundaryIoUTable
-from refine_hooks.evaluation.results import EvaluationResult, prepare_mask_results
+from refine_hooks.evaluation.results import EvaluationResult, boundary_note, prepare_mask_results
 
 
 class _NumpyWithFloat(types.ModuleType):
@@ -89,20 +89,23 @@ class BoundaryLVISEval(LVISEval):
     """``LVISEval`` for Boundary AP: the IoU of a detection and a ground truth is
     ``min(mask IoU, boundary IoU)`` (LVIS has no crowd annotations). Only :meth:`compute_iou` changes;
     the federated filtering, matching and accumulation are lvis-api's. ``params.iou_type`` stays
-    ``"segm"`` for that machinery.
+    ``"segm"`` for that machinery. Boundaries are computed only for pairs that can match (see
+    :class:`BoundaryCOCOeval`; ``exhaustive=True`` computes all).
     """
 
     def __init__(self, lvis_gt: LVIS, lvis_dt: LVISResults, *, dilation_ratio: float = DEFAULT_DILATION_RATIO,
                  workers: int = 1, progress: bool = True,
-                 boundary_cache: Optional[Dict[Tuple[str, int], Dict[str, Any]]] = None):
+                 boundary_cache: Optional[Dict[Any, Dict[str, Any]]] = None, exhaustive: bool = False):
         super().__init__(lvis_gt, lvis_dt, iou_type="segm")
         self.dilation_ratio = dilation_ratio
-        self.table = BoundaryIoUTable(dilation_ratio, workers=workers, progress=progress, cache=boundary_cache)
+        self.exhaustive = exhaustive
+        self.table = BoundaryIoUTable(dilation_ratio, workers=workers, progress=progress, gt_cache=boundary_cache)
 
     def _prepare(self) -> None:
         super()._prepare()
         if not self.params.use_cats:
             raise NotImplementedError("Boundary AP for LVIS is defined with use_cats=1 only")
+        self.table.min_iou = 0.0 if self.exhaustive else float(min(self.params.iou_thrs))
         for key in sorted(k for k in self._gts if k in self._dts and self._gts[k] and self._dts[k]):
             gt, dt = self._gt_dt_sorted(*key)
             self.table.add(key, dt, gt, [0] * len(gt))
@@ -145,7 +148,7 @@ def evaluate_lvis(
     max_dets: int = LVIS_MAX_DETS,
     dilation_ratio: float = DEFAULT_DILATION_RATIO,
     progress: bool = True,
-    boundary_cache: Optional[Dict[Tuple[str, int], Dict[str, Any]]] = None,
+    boundary_cache: Optional[Dict[Any, Dict[str, Any]]] = None,
 ) -> EvaluationResult:
     """LVIS mask AP and Boundary AP with lvis-api's federated rules.
 
@@ -179,6 +182,5 @@ def evaluate_lvis(
         out.add(iou_type, {k: float(v) for k, v in E.results.items()}, _lvis_table(E), _per_category(E),
                 time.perf_counter() - start)
         if iou_type == "boundary":
-            out.notes.append(f"boundary: dilation ratio {dilation_ratio}; {E.table.n_computed} boundaries "
-                             f"computed for {E.table.n_masks} masks in matched groups")
+            out.notes.append(boundary_note(E.table))
     return out

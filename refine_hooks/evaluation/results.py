@@ -55,6 +55,14 @@ def prepare_mask_results(predictions: Sequence[Dict[str, Any]], imgs: Mapping[in
     return out, notes
 
 
+def boundary_note(table: Any) -> str:
+    """What the boundary evaluation computed (a :class:`BoundaryIoUTable`), for the printed notes."""
+    return (f"boundary: dilation ratio {table.dilation_ratio}; {table.n_computed} boundary bands computed for "
+            f"the {table.n_masks} masks of image/category groups with both detections and ground truth (only "
+            f"masks in a pair with mask IoU >= {table.min_iou:g} need one: any other pair stays below every "
+            "IoU threshold)")
+
+
 def _some(counts: Dict[Any, int], n: int = 10) -> str:
     keys = sorted(counts, key=str)
     return ", ".join(map(str, keys[:n])) + (f" and {len(keys) - n} more" if len(keys) > n else "")
