@@ -1,6 +1,6 @@
 """The only code that touches ``segment_anything`` and its relatives."""
 
-from .build import TinySamConfig, build_sam_model, build_tiny_sam, save_tiny_checkpoint
+from .build import TinySamConfig, build_random_sam, build_sam_model, build_tiny_sam, save_tiny_checkpoint
 from .checkpoints import CheckpointUnavailableError, cache_dir, ensure_checkpoint
 from .engine import ImageEmbedding, SamEngine, resized_shape
 from .registry import MODEL_SPECS, ModelSpec, get_spec
@@ -12,6 +12,7 @@ __all__ = [
     "ModelSpec",
     "SamEngine",
     "TinySamConfig",
+    "build_random_sam",
     "build_sam_model",
     "build_tiny_sam",
     "cache_dir",

@@ -135,6 +135,17 @@ def build_sam_model(
     return build_sam_model(model_type, path)
 
 
+def build_random_sam(model_type: str, seed: int = 0) -> torch.nn.Module:
+    """The architecture of ``model_type`` with random weights: only for measuring speed and memory,
+    which do not depend on the weights."""
+    spec = get_spec(model_type)
+    if spec.family == "tiny":
+        return build_tiny_sam(seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_architecture(spec.family, spec.builder).eval()
+
+
 def _build_architecture(family: str, builder: str) -> torch.nn.Module:
     if family == "sam":
         from segment_anything import sam_model_registry
