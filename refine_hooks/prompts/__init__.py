@@ -1,7 +1,7 @@
 """Prompt mining from coarse masks: pure numpy/torch, no model code."""
 
 from .boxes import EmbeddingSimilarity, elastic_boxes
-from .masks import GAUSSIAN_KINDS, dense_mask_prompt, gaussian_weights, paste_crops
+from .masks import GAUSSIAN_KINDS, dense_mask_prompt, gaussian_weights
 from .points import InteriorDistance, interior_distance, negative_point, point_prompts
 from .stm import should_merge, split_then_merge
 
@@ -14,7 +14,6 @@ __all__ = [
     "gaussian_weights",
     "interior_distance",
     "negative_point",
-    "paste_crops",
     "point_prompts",
     "should_merge",
     "split_then_merge",

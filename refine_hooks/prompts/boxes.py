@@ -7,11 +7,14 @@ similar to the object: image-embedding cosine similarity to the mask's mean embe
 
 from __future__ import annotations
 
-from typing import Tuple
+import dataclasses
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..resize import resize_map
 
 SIMILARITY_THRESHOLD = 0.5
 STRIP_FRACTION = 0.1
@@ -23,8 +26,8 @@ class EmbeddingSimilarity:
 
     Following the authors, the embedding's valid (unpadded) area is bilinearly resized to the original
     image size and L2-normalised per pixel. We never materialise that ``C x H x W`` tensor: bilinear
-    resizing is linear, so ``resize(E) . q == resize(E . q)``, and the per-pixel norm of ``resize(E)`` is
-    computed once per image, a few channels at a time.
+    resizing is linear, so ``resize(E) . q == resize(E . q)``; the per-pixel norm of ``resize(E)`` is
+    computed once per image, a few channels at a time, and similarities only near each mask's box.
 
     Args:
         features: float ``1 x C x h x w`` image embedding.
@@ -47,40 +50,72 @@ class EmbeddingSimilarity:
             part = self.valid_features[None, start : start + channel_chunk]
             squared += F.interpolate(part, original_size, mode="bilinear", align_corners=False)[0].pow(2).sum(0)
         self.norm = squared.sqrt()  # H x W
+        self.rows, self.cols = resize_map(valid, original_size, features.device)
+        # F.interpolate(mode="nearest") reads source index floor(i * in / out).
+        self.nearest_rows = (torch.arange(valid[0]) * height / valid[0]).floor().long().clamp(max=height - 1).numpy()
+        self.nearest_cols = (torch.arange(valid[1]) * width / valid[1]).floor().long().clamp(max=width - 1).numpy()
 
-    def similar(self, masks: torch.Tensor) -> torch.Tensor:
-        """bool ``N x H x W``: pixels whose similarity to each mask's mean embedding exceeds 0.5.
-
-        Args:
-            masks: bool ``N x H x W`` on the features' device. A mask that vanishes at embedding
-                resolution has no mean embedding; nothing is similar to it (the authors' NaN).
-        """
-        valid_h, valid_w = self.valid_features.shape[-2:]
-        small = F.interpolate(masks[:, None].float(), (valid_h, valid_w), mode="nearest")[:, 0]  # N x hv x wv
+    def query(self, masks: np.ndarray) -> torch.Tensor:
+        """float32 ``N x C`` unit mean embeddings of bool ``N x H x W`` masks, resized (nearest) to the
+        valid embedding size; a row of zeros for a mask that vanishes there (the authors' NaN)."""
+        small = masks[:, self.nearest_rows][:, :, self.nearest_cols]
+        small = torch.from_numpy(small).to(self.valid_features.device).float()
         counts = small.sum(dim=(1, 2))
         query = torch.einsum("nhw,chw->nc", small, self.valid_features) / counts.clamp(min=1)[:, None]
         query = query / query.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        projected = torch.einsum("nc,chw->nhw", query, self.valid_features)
-        numerator = F.interpolate(projected[:, None], self.original_size, mode="bilinear", align_corners=False)[:, 0]
-        similar = numerator > SIMILARITY_THRESHOLD * self.norm
-        similar[counts == 0] = False
-        return similar
+        query[counts == 0] = 0
+        return query
+
+    def similar_near(self, masks: np.ndarray, boxes: np.ndarray, reach: int = STRIP_MAX_PIXELS) -> List[Window]:
+        """Which pixels within ``reach`` of each box are similar (cosine > 0.5) to its mask.
+
+        Args:
+            masks: bool ``N x H x W``; boxes: int ``N x 4`` their tight inclusive boxes.
+
+        Returns:
+            per mask, a bool window of the image and its top-left ``(x0, y0)``.
+        """
+        height, width = self.original_size
+        windows = []
+        for query, (x1, y1, x2, y2) in zip(self.query(masks), boxes.astype(np.int64)):
+            top, bottom = max(0, y1 - reach), min(height - 1, y2 + reach)
+            left, right = max(0, x1 - reach), min(width - 1, x2 + reach)
+            projected = torch.einsum("c,chw->hw", query, self.valid_features)
+            numerator = self.rows.matrix[top : bottom + 1] @ projected @ self.cols.matrix[left : right + 1].T
+            similar = numerator > SIMILARITY_THRESHOLD * self.norm[top : bottom + 1, left : right + 1]
+            windows.append(Window(similar.cpu().numpy(), (left, top)))
+        return windows
 
 
-def elastic_boxes(boxes: np.ndarray, similar: np.ndarray, margin: float) -> Tuple[np.ndarray, np.ndarray]:
+@dataclasses.dataclass
+class Window:
+    """A bool map over part of the image: ``values[y - y0, x - x0]`` is pixel ``(x, y)``."""
+
+    values: np.ndarray
+    origin: Tuple[int, int]
+
+    def region(self, y_from: int, y_to: int, x_from: int, x_to: int) -> np.ndarray:
+        """The image slice ``[y_from:y_to, x_from:x_to]`` (inside the window)."""
+        x0, y0 = self.origin
+        return self.values[y_from - y0 : y_to - y0, x_from - x0 : x_to - x0]
+
+
+def elastic_boxes(boxes: np.ndarray, similar: Sequence[Window], margin: float, image_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """Grow tight boxes side by side where the context strip is similar to the object.
 
     Args:
         boxes: int ``N x 4`` tight boxes ``x1, y1, x2, y2`` (x2, y2 inclusive, as the authors').
-        similar: bool ``N x H x W`` from :meth:`EmbeddingSimilarity.similar`.
+        similar: per box, the :meth:`EmbeddingSimilarity.similar_near` window.
         margin: λ; a side moves out when similar pixels / strip area > λ.
+        image_size: ``(H, W)``.
 
     Returns:
         int64 ``N x 4`` boxes and bool ``N`` telling which boxes grew. Each side is tried once, against
         the tight box, and only when the new coordinate stays inside the image (strictly > 0 on the
-        left and top, < W or < H on the right and bottom), as in the authors' code.
+        left and top, < W or < H on the right and bottom), as in the authors' code. The right and bottom
+        strips start at the box's own last column/row, also as there.
     """
-    height, width = similar.shape[1:]
+    height, width = image_size
     grown = boxes.astype(np.int64).copy()
     expanded = np.zeros(len(boxes), dtype=bool)
     for i, (x1, y1, x2, y2) in enumerate(boxes.astype(np.int64)):
@@ -89,19 +124,18 @@ def elastic_boxes(boxes: np.ndarray, similar: np.ndarray, margin: float) -> Tupl
             continue
         step_w = min(box_w * STRIP_FRACTION, STRIP_MAX_PIXELS)
         step_h = min(box_h * STRIP_FRACTION, STRIP_MAX_PIXELS)
-        sim = similar[i]
         new_x1, new_x2 = int(x1 - step_w), int(x2 + step_w)
         new_y1, new_y2 = int(y1 - step_h), int(y2 + step_h)
         strips = (
-            (0, new_x1, 0 < new_x1 < x1, lambda: sim[y1:y2, new_x1:x1]),
-            (2, new_x2, x2 < new_x2 < width, lambda: sim[y1:y2, x2:new_x2]),
-            (1, new_y1, 0 < new_y1 < y1, lambda: sim[new_y1:y1, x1:x2]),
-            (3, new_y2, y2 < new_y2 < height, lambda: sim[y2:new_y2, x1:x2]),
+            (0, new_x1, 0 < new_x1 < x1, (y1, y2, new_x1, x1)),
+            (2, new_x2, x2 < new_x2 < width, (y1, y2, x2, new_x2)),
+            (1, new_y1, 0 < new_y1 < y1, (new_y1, y1, x1, x2)),
+            (3, new_y2, y2 < new_y2 < height, (y2, new_y2, x1, x2)),
         )
-        for side, value, inside, strip in strips:
+        for side, value, inside, bounds in strips:
             if not inside:
                 continue
-            region = strip()
+            region = similar[i].region(*bounds)
             if region.size and region.sum() / region.size > margin:
                 grown[i, side] = value
                 expanded[i] = True

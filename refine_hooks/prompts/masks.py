@@ -7,12 +7,12 @@ the (noisy) boundary.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..resize import AxisMap, apply_to_box
 from .points import InteriorDistance
 
 GAUSSIAN_KINDS = ("distance", "spatial")
@@ -40,41 +40,33 @@ def gaussian_weights(depth: InteriorDistance, area: int, gamma: float, kind: str
     return np.where(inside, weights, 0.0).astype(np.float32)
 
 
-def paste_crops(crops, origins, shape: Tuple[int, int]) -> np.ndarray:
-    """float32 ``N x H x W`` zeros with each ``crops[i]`` placed at ``origins[i]`` = (x, y)."""
-    canvas = np.zeros((len(crops),) + tuple(shape), dtype=np.float32)
-    for i, (crop, (x, y)) in enumerate(zip(crops, origins)):
-        canvas[i, y : y + crop.shape[0], x : x + crop.shape[1]] = crop
-    return canvas
-
-
 def dense_mask_prompt(
-    masks: torch.Tensor,
-    weights: torch.Tensor,
-    amplitude: torch.Tensor,
-    input_size: Tuple[int, int],
-    image_size: int,
-    mask_input_size: Tuple[int, int],
+    masks: Sequence[np.ndarray],
+    weights: Sequence[np.ndarray],
+    boxes: np.ndarray,
+    amplitude: np.ndarray,
+    frame: Tuple[AxisMap, AxisMap],
 ) -> torch.Tensor:
-    """SAM mask inputs for coarse masks, built as the authors' ``extract_mask`` does, per mask.
+    """SAM mask inputs for coarse masks, as the authors' ``extract_mask`` builds them, per mask.
+
+    The authors resize full-size -1/+1 masks and Gaussian maps to the resized-image frame, pad them to
+    the encoder square (with -1 and 0) and resize to the mask-input size; ``frame`` is that chain
+    (:func:`refine_hooks.resize.to_mask_input`), applied to each mask's box only.
 
     Args:
-        masks: bool ``N x H x W`` coarse masks at the original size.
-        weights: float32 ``N x H x W`` Gaussian weights (0 outside each mask).
+        masks: bool ``h_i x w_i`` crops of the coarse masks on their tight inclusive ``boxes`` (``N x 4``).
+        weights: float32 ``h_i x w_i`` Gaussian weights on the same crops (0 outside each mask).
         amplitude: float32 ``N``: ``strength`` (ω), or 1 for masks whose box was expanded.
-        input_size: ``(h', w')`` of the resized image; ``image_size``: the square encoder input side.
-        mask_input_size: ``(m, m)``, 4 x the embedding size.
+        frame: the original -> mask-input chain, on the device the prompts are wanted on.
 
     Returns:
         float32 ``N x 1 x m x m``: ``-amplitude`` on background, ``+amplitude * g`` inside.
     """
-    signed = masks[:, None].float() * 2 - 1  # -1 / +1
-    gauss = weights[:, None].float()
-    pad = (0, image_size - input_size[1], 0, image_size - input_size[0])
-    signed = F.interpolate(signed, input_size, mode="bilinear", align_corners=False)
-    signed = F.interpolate(F.pad(signed, pad, value=-1.0), mask_input_size, mode="bilinear", align_corners=False)
-    gauss = F.interpolate(gauss, input_size, mode="bilinear", align_corners=False)
-    gauss = F.interpolate(F.pad(gauss, pad, value=0.0), mask_input_size, mode="bilinear", align_corners=False)
-    amplitude = amplitude.float().view(-1, 1, 1, 1)
-    signed = torch.where(signed > 0, amplitude, -amplitude)
-    return signed * torch.where(gauss > 0, gauss, torch.ones_like(gauss))
+    rows, cols = frame
+    device = rows.matrix.device
+    prompts = torch.empty((len(masks), 1, rows.matrix.shape[0], cols.matrix.shape[0]), device=device)
+    for i, (mask, weight, box) in enumerate(zip(masks, weights, boxes)):
+        signed = apply_to_box(rows, cols, torch.from_numpy(mask).to(device).float() * 2 - 1, box, constant=-1.0)
+        gauss = apply_to_box(rows, cols, torch.from_numpy(weight).to(device), box)
+        prompts[i, 0] = torch.where(signed > 0, float(amplitude[i]), -float(amplitude[i])) * torch.where(gauss > 0, gauss, 1.0)
+    return prompts

@@ -21,7 +21,6 @@ from ..prompts import (
     elastic_boxes,
     gaussian_weights,
     interior_distance,
-    paste_crops,
     point_prompts,
     split_then_merge,
 )
@@ -210,7 +209,7 @@ class SAMRefiner(Refiner):
             with self.timer("postprocess"):
                 best = candidate_ious.argmax(dim=1)
                 rows = torch.arange(len(best), device=best.device)
-                binary = (self.engine.upsample_logits(logits[rows, best], embedding) > 0).cpu().numpy()
+                binary = self.engine.upsample_masks(logits[rows, best], embedding)
                 best_ious = candidate_ious[rows, best].cpu().numpy()
                 nonempty = binary.reshape(len(binary), -1).any(axis=1)
                 current[active[nonempty]] = binary[nonempty]
@@ -226,33 +225,24 @@ class SAMRefiner(Refiner):
         self, embedding: ImageEmbedding, masks: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float
     ) -> Dict[str, torch.Tensor]:
         """Decoder prompts for non-empty bool ``n x H x W`` masks (keyword arguments of ``SamEngine.decode``)."""
-        device = self.engine.device
-        boxes = masks_to_xyxy(masks)
-        depths = [interior_distance(mask, box) for mask, box in zip(masks, boxes)]
+        tight = masks_to_xyxy(masks)
+        depths = [interior_distance(mask, box) for mask, box in zip(masks, tight)]
         prompts: Dict[str, torch.Tensor] = {}
         if self.use_point:
-            coords, labels = point_prompts(masks, boxes, depths, self.add_negative)
+            coords, labels = point_prompts(masks, tight, depths, self.add_negative)
             prompts["point_coords"] = torch.from_numpy(coords)
             prompts["point_labels"] = torch.from_numpy(labels)
         expanded = np.zeros(len(masks), dtype=bool)
         if self.use_box:
+            boxes = tight
             if similarity is not None:
-                similar = similarity.similar(torch.from_numpy(masks).to(device)).cpu().numpy()
-                boxes, expanded = elastic_boxes(boxes, similar, margin)
+                boxes, expanded = elastic_boxes(tight, similarity.similar_near(masks, tight), margin, embedding.original_size)
             prompts["boxes"] = torch.from_numpy(boxes.astype(np.float32))
         if self.use_mask:
-            areas = masks.sum(axis=(1, 2))
-            crops = [gaussian_weights(d, int(a), self.gamma, self.gaussian) for d, a in zip(depths, areas)]
-            weights = paste_crops(crops, [d.origin for d in depths], masks.shape[1:])
-            # The authors' code means amplitude 1 for masks whose box grew, but applies the flag of the
-            # last mask to the whole batch; we apply it per mask.
-            amplitude = torch.from_numpy(np.where(expanded, 1.0, self.strength).astype(np.float32)).to(device)
-            prompts["mask_inputs"] = dense_mask_prompt(
-                torch.from_numpy(masks).to(device),
-                torch.from_numpy(weights).to(device),
-                amplitude,
-                embedding.input_size,
-                self.engine.image_size,
-                self.engine.mask_input_size,
-            )
+            crops = [mask[y1 : y2 + 1, x1 : x2 + 1] for mask, (x1, y1, x2, y2) in zip(masks, tight)]
+            weights = [gaussian_weights(d, int(c.sum()), self.gamma, self.gaussian) for d, c in zip(depths, crops)]
+            # The authors' code means amplitude 1 for masks whose box was expanded, but applies the flag
+            # of the last mask to the whole batch; we apply it per mask.
+            amplitude = np.where(expanded, 1.0, self.strength)
+            prompts["mask_inputs"] = dense_mask_prompt(crops, weights, tight, amplitude, self.engine.mask_input_frame(embedding))
         return prompts

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..resize import AxisMap, from_low_res, positive_window, to_mask_input
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,6 +34,7 @@ class ImageEmbedding:
     original_size: Tuple[int, int]
     input_size: Tuple[int, int]
     interm_features: Optional[torch.Tensor] = None
+    frames: Dict[str, Tuple[AxisMap, AxisMap]] = dataclasses.field(default_factory=dict, repr=False)
 
 
 def resized_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
@@ -177,7 +180,39 @@ class SamEngine:
             kwargs.update(hq_token_only=False, interm_embeddings=embedding.interm_features)
         return self.model.mask_decoder(**kwargs)
 
+    # ------------------------------------------------------------------ frames
+    def mask_input_frame(self, embedding: ImageEmbedding) -> Tuple[AxisMap, AxisMap]:
+        """The original -> mask-input chain of this image (cached on the embedding)."""
+        if "mask_input" not in embedding.frames:
+            embedding.frames["mask_input"] = to_mask_input(
+                embedding.original_size, embedding.input_size, self.image_size, self.mask_input_size, self.device
+            )
+        return embedding.frames["mask_input"]
+
+    def low_res_frame(self, embedding: ImageEmbedding) -> Tuple[AxisMap, AxisMap]:
+        """The low-res logits -> original chain of this image (cached on the embedding)."""
+        if "low_res" not in embedding.frames:
+            embedding.frames["low_res"] = from_low_res(
+                embedding.original_size, embedding.input_size, self.image_size, self.mask_input_size, self.device
+            )
+        return embedding.frames["low_res"]
+
     # ------------------------------------------------------------------ postprocess
+    def upsample_masks(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> np.ndarray:
+        """float ``N x m x m`` low-res logits -> bool ``N x H x W`` masks (logit > 0 at the original size).
+
+        Equals ``upsample_logits(...) > 0`` (up to float rounding at |logit| ~ 1e-6) but computes only the
+        part of the image where a mask can be positive, so its cost follows the objects' size.
+        """
+        rows, cols = self.low_res_frame(embedding)
+        masks = np.zeros((low_res_logits.shape[0],) + tuple(embedding.original_size), dtype=bool)
+        for i, logits in enumerate(low_res_logits):
+            window, origin = positive_window(rows, cols, logits.float())
+            if window is not None:
+                x0, y0 = origin
+                masks[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window.cpu().numpy()
+        return masks
+
     def upsample_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """float ``N x m x m`` low-res logits -> float32 ``N x H x W`` at the original size (``Sam.postprocess_masks``)."""
         logits = F.interpolate(low_res_logits[:, None].float(), (self.image_size, self.image_size), mode="bilinear", align_corners=False)

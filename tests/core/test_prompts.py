@@ -4,6 +4,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from refine_hooks.data.masks import masks_to_xyxy
+from refine_hooks.resize import to_mask_input
 from refine_hooks.prompts import (
     EmbeddingSimilarity,
     dense_mask_prompt,
@@ -11,7 +12,6 @@ from refine_hooks.prompts import (
     gaussian_weights,
     interior_distance,
     negative_point,
-    paste_crops,
     point_prompts,
     should_merge,
     split_then_merge,
@@ -105,11 +105,11 @@ def _embedding_with_similar_context(similar_side):
 def test_elastic_box_grows_only_where_context_is_similar(side, index):
     features, mask = _embedding_with_similar_context(side)
     similarity = EmbeddingSimilarity(features, (256, 256))
-    similar = similarity.similar(torch.from_numpy(mask[None])).numpy()
     tight = masks_to_xyxy(mask[None])
+    similar = similarity.similar_near(mask[None], tight)
     # As in the authors' code the right and bottom strips start at the box's own last column/row, so
     # 1 of their 10 lines is object: λ = 0.15 keeps those sides from growing on that alone.
-    grown, expanded = elastic_boxes(tight, similar, margin=0.15)
+    grown, expanded = elastic_boxes(tight, similar, 0.15, (256, 256))
     assert expanded.tolist() == [True]
     changed = np.flatnonzero(grown[0] != tight[0]).tolist()
     assert changed == [index]
@@ -118,7 +118,7 @@ def test_elastic_box_grows_only_where_context_is_similar(side, index):
     expected[index] += step if index >= 2 else -step
     assert grown[0].tolist() == expected.tolist()
     # λ = 1 is never exceeded: no side moves.
-    assert not elastic_boxes(tight, similar, margin=1.0)[1].any()
+    assert not elastic_boxes(tight, similar, 1.0, (256, 256))[1].any()
 
 
 def test_similarity_matches_explicit_resize_and_normalise():
@@ -127,7 +127,9 @@ def test_similarity_matches_explicit_resize_and_normalise():
     mask = np.zeros((48, 64), dtype=bool)
     mask[10:30, 20:50] = True
     similarity = EmbeddingSimilarity(features, (48, 64))
-    ours = similarity.similar(torch.from_numpy(mask[None]))[0]
+    window = similarity.similar_near(mask[None], masks_to_xyxy(mask[None]), reach=10)[0]
+    assert window.origin == (10, 0)
+    ours = torch.from_numpy(window.values)
     # The authors' way: resize the valid area to the image, normalise per pixel, compare with the query.
     valid = features[:, :, :12, :16]
     resized = torch.nn.functional.interpolate(valid, (48, 64), mode="bilinear", align_corners=False)[0]
@@ -135,30 +137,50 @@ def test_similarity_matches_explicit_resize_and_normalise():
     small = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None].float(), (12, 16), mode="nearest")[0, 0]
     query = (valid[0] * small).sum(dim=(1, 2)) / small.sum()
     query = query / query.norm()
-    reference = torch.einsum("c,chw->hw", query, resized) > 0.5
+    reference = (torch.einsum("c,chw->hw", query, resized) > 0.5)[0:40, 10:60]
     assert (ours != reference).float().mean() < 1e-3
 
 
-def test_gaussian_prompt_peaks_at_positive_point_and_is_minus_omega_outside():
-    mask = np.zeros((64, 64), dtype=bool)
-    mask[8:56, 12:40] = True
+def _authors_extract_mask(mask, gauss, input_size, image_size, mask_size, strength):
+    """The authors' extract_mask for one mask, on full-size tensors (reference)."""
+    F = torch.nn.functional
+    signed = torch.from_numpy(mask)[None, None].float() * 2 - 1
+    g = torch.from_numpy(gauss)[None, None]
+    pad = (0, image_size - input_size[1], 0, image_size - input_size[0])
+    signed = F.interpolate(F.pad(F.interpolate(signed, input_size, mode="bilinear", align_corners=False), pad, value=-1.0), mask_size, mode="bilinear", align_corners=False)
+    g = F.interpolate(F.pad(F.interpolate(g, input_size, mode="bilinear", align_corners=False), pad, value=0.0), mask_size, mode="bilinear", align_corners=False)
+    signed[signed <= 0] = -strength
+    signed[signed > 0] = strength
+    g[g <= 0] = 1
+    return (signed * g)[0, 0]
+
+
+@pytest.mark.parametrize("shape, input_size, image_size, mask_size", [((64, 64), (64, 64), 64, (64, 64)), ((90, 120), (192, 256), 256, (64, 64)), ((480, 640), (768, 1024), 1024, (256, 256))])
+def test_gaussian_prompt_peaks_at_positive_point_and_is_minus_omega_outside(shape, input_size, image_size, mask_size):
+    height, width = shape
+    mask = np.zeros(shape, dtype=bool)
+    mask[height // 8 : height * 7 // 8, width // 5 : width * 3 // 5] = True
     box = masks_to_xyxy(mask[None])[0]
     depth = interior_distance(mask, box)
-    weights = paste_crops([gaussian_weights(depth, int(mask.sum()), 4.0)], [depth.origin], mask.shape)
+    weights = gaussian_weights(depth, int(mask.sum()), 4.0)
     x, y, _ = depth.peak
-    assert weights[0, y, x] == pytest.approx(1.0)
-    assert weights[0].max() == pytest.approx(1.0)
-    assert (weights[0][~mask] == 0).all()
-    prompt = dense_mask_prompt(
-        torch.from_numpy(mask[None]), torch.from_numpy(weights), torch.tensor([30.0]), (64, 64), 64, (64, 64)
-    )[0, 0].numpy()
-    assert prompt.shape == (64, 64)
-    assert prompt.max() == pytest.approx(30.0, rel=1e-3)
+    assert weights[y - depth.origin[1], x - depth.origin[0]] == pytest.approx(1.0)
+    assert weights.max() == pytest.approx(1.0)
+    crop = mask[box[1] : box[3] + 1, box[0] : box[2] + 1]
+    assert (weights[~crop] == 0).all()
+    frame = to_mask_input(shape, input_size, image_size, mask_size)
+    prompt = dense_mask_prompt([crop], [weights], box[None], np.array([30.0]), frame)[0, 0]
+    # Equal to the authors' full-size computation.
+    full_weights = np.zeros(shape, np.float32)
+    full_weights[box[1] : box[3] + 1, box[0] : box[2] + 1] = weights
+    reference = _authors_extract_mask(mask, full_weights, input_size, image_size, mask_size, 30.0)
+    torch.testing.assert_close(prompt, reference, rtol=1e-4, atol=1e-4)
+    prompt = prompt.numpy()
+    assert prompt.max() == pytest.approx(30.0, rel=1e-2)
     peak_y, peak_x = np.unravel_index(np.argmax(prompt), prompt.shape)
-    assert abs(peak_x - x) <= 1 and abs(peak_y - y) <= 1
-    outside = np.ones_like(mask)
-    outside[6:58, 10:42] = False  # away from the bilinear border band
-    assert np.allclose(prompt[outside], -30.0)
+    scale_y, scale_x = input_size[0] / height * mask_size[0] / image_size, input_size[1] / width * mask_size[1] / image_size
+    assert abs(peak_x - x * scale_x) <= 2 and abs(peak_y - y * scale_y) <= 2
+    assert (prompt >= -30.0).all() and (prompt[:, -2:] == -30.0).all() and (prompt[-2:, :] == -30.0).all()
 
 
 def test_spatial_gaussian_peaks_at_positive_point():
