@@ -23,6 +23,8 @@ setup(
         "mmdet": ["mmengine>=0.10.0,<0.11", "mmdet==3.3.0"],
         # Detectron2 is not on PyPI: install it from source as its INSTALL.md says.
         "detectron2": [],
-        "dev": ["pytest>=7", "pytest-timeout"],
+        # HQ-SAM models (sam_hq_vit_b/l/h).
+        "hq": ["segment-anything-hq==0.3", "timm"],
+        "dev": ["pytest>=7", "pytest-timeout", "segment-anything-hq==0.3", "timm"],
     },
 )

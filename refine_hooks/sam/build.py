@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -36,15 +37,24 @@ class TinySamConfig:
     decoder_mlp_dim: int = 64
     decoder_num_heads: int = 2
     iou_head_hidden_dim: int = 32
+    hq: bool = False  # HQ-SAM's modules (segment_anything_hq): encoder with early features, HQ decoder
 
 
 def build_tiny_sam(config: TinySamConfig = TinySamConfig(), seed: int = 0) -> Sam:
     """A randomly initialised SAM with the dimensions of ``config``; the same ``seed`` gives the same weights."""
     embedding_size = config.image_size // config.patch_size
+    if config.hq:
+        modules = _hq_modules()
+        Sam_, ImageEncoderViT_, PromptEncoder_, TwoWayTransformer_ = (
+            modules.Sam, modules.ImageEncoderViT, modules.PromptEncoder, modules.TwoWayTransformer)
+        decoder = partial(modules.MaskDecoderHQ, vit_dim=config.encoder_embed_dim)
+    else:
+        Sam_, ImageEncoderViT_, PromptEncoder_, TwoWayTransformer_ = Sam, ImageEncoderViT, PromptEncoder, TwoWayTransformer
+        decoder = MaskDecoder
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
+        sam = Sam_(
+            image_encoder=ImageEncoderViT_(
                 img_size=config.image_size,
                 patch_size=config.patch_size,
                 embed_dim=config.encoder_embed_dim,
@@ -58,15 +68,15 @@ def build_tiny_sam(config: TinySamConfig = TinySamConfig(), seed: int = 0) -> Sa
                 window_size=config.encoder_window_size,
                 global_attn_indexes=(config.encoder_depth - 1,),
             ),
-            prompt_encoder=PromptEncoder(
+            prompt_encoder=PromptEncoder_(
                 embed_dim=config.prompt_embed_dim,
                 image_embedding_size=(embedding_size, embedding_size),
                 input_image_size=(config.image_size, config.image_size),
                 mask_in_chans=8,
             ),
-            mask_decoder=MaskDecoder(
+            mask_decoder=decoder(
                 num_multimask_outputs=3,
-                transformer=TwoWayTransformer(
+                transformer=TwoWayTransformer_(
                     depth=config.decoder_depth,
                     embedding_dim=config.prompt_embed_dim,
                     mlp_dim=config.decoder_mlp_dim,
@@ -130,7 +140,7 @@ def build_sam_model(
         return sam.eval()
     spec = get_spec(model_type)
     if spec.family == "tiny":
-        return build_tiny_sam(seed=seed)
+        return build_tiny_sam(TinySamConfig(hq=model_type == "tiny_hq"), seed=seed)
     path = ensure_checkpoint(spec, download=download)
     return build_sam_model(model_type, path)
 
@@ -140,20 +150,28 @@ def build_random_sam(model_type: str, seed: int = 0) -> torch.nn.Module:
     which do not depend on the weights."""
     spec = get_spec(model_type)
     if spec.family == "tiny":
-        return build_tiny_sam(seed=seed)
+        return build_tiny_sam(TinySamConfig(hq=model_type == "tiny_hq"), seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _build_architecture(spec.family, spec.builder).eval()
+
+
+def _hq_modules():
+    try:
+        with warnings.catch_warnings():  # its timm imports use deprecated paths
+            warnings.simplefilter("ignore")
+            import segment_anything_hq.modeling as modules
+    except ImportError as error:
+        raise ImportError("HQ-SAM models need the segment-anything-hq package: pip install 'refine_hooks[hq]'") from error
+    return modules
 
 
 def _build_architecture(family: str, builder: str) -> torch.nn.Module:
     if family == "sam":
         from segment_anything import sam_model_registry
     else:
-        try:
-            from segment_anything_hq import sam_model_registry
-        except ImportError as error:
-            raise ImportError("HQ-SAM models need the segment-anything-hq package: pip install segment-anything-hq") from error
+        _hq_modules()
+        from segment_anything_hq import sam_model_registry
     return sam_model_registry[builder](checkpoint=None)
 
 

@@ -43,6 +43,7 @@ MODEL_SPECS: Dict[str, ModelSpec] = {
         ModelSpec("sam_hq_vit_h", "sam_hq", "vit_h", _HQ_URL + "sam_hq_vit_h.pth", "3560f6b6a5a6edacd814a1325c39640a"),
         # A small randomly initialised SAM for tests and demos; see build.TinySamConfig.
         ModelSpec("tiny", "tiny", "tiny", None, None),
+        ModelSpec("tiny_hq", "tiny", "tiny_hq", None, None),
     ]
 }
 
