@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -163,6 +164,7 @@ def evaluate_coco(
     img_ids: Optional[Sequence[int]] = None,
     progress: bool = True,
     boundary_cache: Optional[Dict[Any, Dict[str, Any]]] = None,
+    exhaustive: bool = False,
 ) -> EvaluationResult:
     """COCO mask AP (``segm``) and Boundary AP (``boundary``).
 
@@ -177,6 +179,8 @@ def evaluate_coco(
         dilation_ratio: Boundary IoU band width as a fraction of the image diagonal.
         img_ids: evaluate only these images (default: all images of ``gt``).
         boundary_cache: dict reused between calls with the same ``gt`` object to compute GT boundaries once.
+        exhaustive: compute the boundary IoU of every overlapping pair, not only of pairs that can match
+            (same AP; for checks and worst-case timing).
 
     Returns:
         :class:`EvaluationResult`: ``{"segm/AP": 0.41, ..., "boundary/AP": ...}`` (pycocotools' scale,
@@ -199,10 +203,14 @@ def evaluate_coco(
             E = COCOeval(coco_gt, coco_dt, iouType="segm")
         else:
             E = BoundaryCOCOeval(coco_gt, coco_dt, dilation_ratio=dilation_ratio, workers=workers,
-                                 progress=progress, boundary_cache=boundary_cache)
+                                 progress=progress, boundary_cache=boundary_cache,
+                                 exhaustive=exhaustive)
         E.params.maxDets = [1, 10, max_dets]
         if img_ids is not None:
             E.params.imgIds = sorted(img_ids)
+        if progress:
+            print(f"[{iou_type}] matching {len(coco_dt.anns)} detections on {len(E.params.imgIds)} images "
+                  "(pycocotools evaluate + accumulate) ...", file=sys.stderr, flush=True)
         with quiet():
             E.evaluate()
             E.accumulate()

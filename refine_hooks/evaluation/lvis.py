@@ -14,6 +14,7 @@ import copy
 import io
 import json
 import logging
+import sys
 import time
 import types
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -149,6 +150,7 @@ def evaluate_lvis(
     dilation_ratio: float = DEFAULT_DILATION_RATIO,
     progress: bool = True,
     boundary_cache: Optional[Dict[Any, Dict[str, Any]]] = None,
+    exhaustive: bool = False,
 ) -> EvaluationResult:
     """LVIS mask AP and Boundary AP with lvis-api's federated rules.
 
@@ -176,8 +178,12 @@ def evaluate_lvis(
             E = LVISEval(lvis_gt, lvis_dt, iou_type="segm")
         else:
             E = BoundaryLVISEval(lvis_gt, lvis_dt, dilation_ratio=dilation_ratio, workers=workers,
-                                 progress=progress, boundary_cache=boundary_cache)
+                                 progress=progress, boundary_cache=boundary_cache,
+                                 exhaustive=exhaustive)
         E.params.max_dets = max_dets
+        if progress:
+            print(f"[{iou_type}] matching {len(lvis_dt.anns)} detections on {len(E.params.img_ids)} images "
+                  "(lvis-api evaluate + accumulate) ...", file=sys.stderr, flush=True)
         E.run()
         out.add(iou_type, {k: float(v) for k, v in E.results.items()}, _lvis_table(E), _per_category(E),
                 time.perf_counter() - start)
