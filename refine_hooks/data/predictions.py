@@ -1,8 +1,9 @@
 """Read instance-segmentation predictions in the formats detectors write, as COCO result dicts.
 
 Every reader returns ``list[dict]`` with ``image_id`` (int), ``category_id`` (the dataset's id),
-``score`` (float), ``segmentation`` (compressed RLE, ``counts`` as str) and, when the file has one,
-``bbox`` (COCO ``x, y, w, h``).
+``score`` (float), ``segmentation`` (compressed RLE with ``counts`` as str; a COCO json's polygons or
+uncompressed RLE are passed through for the evaluator to convert) and, when the file has one, ``bbox``
+(COCO ``x, y, w, h``).
 
 Formats (chosen by file name):
 

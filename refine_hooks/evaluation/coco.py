@@ -117,11 +117,11 @@ def summarize_coco(E: COCOeval) -> Tuple[Dict[str, float], str]:
     """The 12 standard numbers and pycocotools' summary table, using ``maxDets[-1]`` where pycocotools
     hard-codes 100 (identical output with the default ``maxDets=[1, 10, 100]``)."""
     p = E.params
-    m1, m2, mx = p.maxDets[0], p.maxDets[1], p.maxDets[-1]
+    mx = p.maxDets[-1]
     rows = [
         ("AP", 1, None, "all", mx), ("AP50", 1, 0.5, "all", mx), ("AP75", 1, 0.75, "all", mx),
         ("APs", 1, None, "small", mx), ("APm", 1, None, "medium", mx), ("APl", 1, None, "large", mx),
-        (f"AR{m1}", 0, None, "all", m1), (f"AR{m2}", 0, None, "all", m2), (f"AR{mx}", 0, None, "all", mx),
+        *[(f"AR{m}", 0, None, "all", m) for m in p.maxDets],
         ("ARs", 0, None, "small", mx), ("ARm", 0, None, "medium", mx), ("ARl", 0, None, "large", mx),
     ]
     line = " {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {:0.3f}"
@@ -175,7 +175,8 @@ def evaluate_coco(
             Boxes are dropped, so area ranges (small/medium/large) use mask area.
         iou_types: any of ``"segm"``, ``"boundary"``.
         workers: processes for boundary computation.
-        max_dets: detections per image kept (pycocotools' ``maxDets = [1, 10, max_dets]``).
+        max_dets: detections per image kept (pycocotools' ``maxDets = [1, 10, max_dets]``; AR is reported
+            at each, e.g. ``AR1 AR10 AR100``).
         dilation_ratio: Boundary IoU band width as a fraction of the image diagonal.
         img_ids: evaluate only these images (default: all images of ``gt``).
         boundary_cache: dict reused between calls with the same ``gt`` object to compute GT boundaries once.
@@ -186,6 +187,9 @@ def evaluate_coco(
         :class:`EvaluationResult`: ``{"segm/AP": 0.41, ..., "boundary/AP": ...}`` (pycocotools' scale,
         -1 where a bucket has no ground truth), with ``.tables``, ``.per_category``, ``.notes``, ``.timings``.
     """
+    iou_types = [iou_types] if isinstance(iou_types, str) else list(iou_types)
+    if max_dets < 1:
+        raise ValueError(f"max_dets must be at least 1, got {max_dets}")
     unknown = [t for t in iou_types if t not in IOU_TYPES]
     if unknown:
         raise ValueError(f"unsupported iou type(s) {unknown}; choose from {IOU_TYPES}")
@@ -205,7 +209,7 @@ def evaluate_coco(
             E = BoundaryCOCOeval(coco_gt, coco_dt, dilation_ratio=dilation_ratio, workers=workers,
                                  progress=progress, boundary_cache=boundary_cache,
                                  exhaustive=exhaustive)
-        E.params.maxDets = [1, 10, max_dets]
+        E.params.maxDets = [d for d in (1, 10) if d < max_dets] + [max_dets]
         if img_ids is not None:
             E.params.imgIds = sorted(img_ids)
         if progress:

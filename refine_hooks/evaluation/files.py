@@ -45,8 +45,11 @@ def evaluate_files(
 
     def run(path: str) -> EvaluationResult:
         predictions = load_predictions(path, gt_json, classes=classes)
-        return evaluate(gt, predictions, iou_types, workers=workers, max_dets=max_dets,
-                        dilation_ratio=dilation_ratio, progress=progress, boundary_cache=cache)
+        try:
+            return evaluate(gt, predictions, iou_types, workers=workers, max_dets=max_dets,
+                            dilation_ratio=dilation_ratio, progress=progress, boundary_cache=cache)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     settings = {"gt": os.path.abspath(gt_path), "protocol": "lvis" if lvis else "coco", "iou_types": list(iou_types),
                 "max_dets": max_dets, "dilation_ratio": dilation_ratio, "workers": workers}

@@ -160,6 +160,9 @@ def evaluate_lvis(
     (``gt`` must carry LVIS fields); metrics ``"<type>/AP"``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``,
     ``APr``, ``APc``, ``APf``, ``AR@<max_dets>``, ``ARs@..``, ``ARm@..``, ``ARl@..``.
     """
+    iou_types = [iou_types] if isinstance(iou_types, str) else list(iou_types)
+    if max_dets < 1:
+        raise ValueError(f"max_dets must be at least 1, got {max_dets}")
     unknown = [t for t in iou_types if t not in IOU_TYPES]
     if unknown:
         raise ValueError(f"unsupported iou type(s) {unknown}; choose from {IOU_TYPES}")

@@ -32,7 +32,8 @@ def plain_pycocotools(gt, results, max_dets=(1, 10, 100)):
         E.evaluate()
         E.accumulate()
         start = out.tell()
-        E.summarize()
+        if len(max_dets) == 3:  # pycocotools' summarize() only knows three maxDets values
+            E.summarize()
         table = out.getvalue()[start:]
     return E, table
 
@@ -168,3 +169,18 @@ def test_shared_ground_truth_cache_does_not_leak_detections(coco_data):
     alone = evaluate_coco(copy.deepcopy(gt), perturbed, progress=False)
     assert n_cached > 0 and dict(second) == dict(alone)
     assert dict(first) != dict(second)
+
+
+def test_max_dets_below_ten(coco_data):
+    gt, results = coco_data
+    reference, _ = plain_pycocotools(gt, results, max_dets=(1, 5))
+    precision, recall = reference.eval["precision"], reference.eval["recall"]
+
+    def mean(s):
+        return float(np.mean(s[s > -1])) if (s > -1).any() else -1.0  # pycocotools: -1 = no GT
+
+    out = evaluate_coco(gt, results, iou_types="segm", max_dets=5, progress=False)
+    assert out["segm/AP"] == mean(precision[:, :, :, 0, -1])
+    assert out["segm/AR1"] == mean(recall[:, :, 0, 0]) and out["segm/AR5"] == mean(recall[:, :, 0, -1])
+    assert out["segm/ARm"] == mean(recall[:, :, 2, -1]) and out["segm/ARl"] == mean(recall[:, :, 3, -1])
+    assert "segm/AR10" not in out
