@@ -69,7 +69,7 @@ def rle_string_to_counts(counts: bytes) -> np.ndarray:
     """Decode pycocotools' compressed RLE string to run lengths (int64, first run is background).
 
     The format: each count is written 5 bits per character (``chr(48 + bits)``, bit 0x20 = more
-    characters follow, bit 0x10 of the last character = negative), and counts from the third on are
+    characters follow, bit 0x10 of the last character = negative), and counts from the fourth on are
     stored as the difference to the count two places earlier.
     """
     c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48

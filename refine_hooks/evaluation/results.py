@@ -57,10 +57,11 @@ def prepare_mask_results(predictions: Sequence[Dict[str, Any]], imgs: Mapping[in
 
 def boundary_note(table: Any) -> str:
     """What the boundary evaluation computed (a :class:`BoundaryIoUTable`), for the printed notes."""
+    which = (f"only masks in a pair with mask IoU >= {table.min_iou:g} need one: any other pair stays below "
+             "every IoU threshold" if table.min_iou > 0 else
+             "exhaustive: every mask overlapping a partner; pairs that do not overlap have IoU 0")
     return (f"boundary: dilation ratio {table.dilation_ratio}; {table.n_computed} boundary bands computed for "
-            f"the {table.n_masks} masks of image/category groups with both detections and ground truth (only "
-            f"masks in a pair with mask IoU >= {table.min_iou:g} need one: any other pair stays below every "
-            "IoU threshold)")
+            f"the {table.n_masks} masks of image/category groups with both detections and ground truth ({which})")
 
 
 def _some(counts: Dict[Any, int], n: int = 10) -> str:
