@@ -20,11 +20,18 @@ def draw_outlines(image: np.ndarray, masks: np.ndarray, color: Tuple[int, int, i
     return canvas
 
 
+def label(image: np.ndarray, text: str, color: Tuple[int, int, int]) -> np.ndarray:
+    """Write ``text`` in the top-left corner of a uint8 RGB image, on a dark band so it stays legible."""
+    cv2.rectangle(image, (0, 0), (8 * len(text) + 8, 18), (0, 0, 0), -1)
+    cv2.putText(image, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+    return image
+
+
 def coarse_vs_refined(image: np.ndarray, coarse: np.ndarray, refined: np.ndarray) -> np.ndarray:
     """uint8 ``H x 2W x 3``: coarse outlines (red) on the left, refined (green) on the right."""
-    return np.concatenate(
-        [draw_outlines(image, coarse, COARSE_COLOR), draw_outlines(image, refined, REFINED_COLOR)], axis=1
-    )
+    left = label(draw_outlines(image, coarse, COARSE_COLOR), "coarse", COARSE_COLOR)
+    right = label(draw_outlines(image, refined, REFINED_COLOR), "refined", REFINED_COLOR)
+    return np.concatenate([left, right], axis=1)
 
 
 def stack_rows(rows: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
