@@ -173,10 +173,11 @@ def evaluate_lvis(
         predictions = load_predictions(predictions, lvis_gt.dataset)
     results, notes = prepare_mask_results(predictions, lvis_gt.imgs, lvis_gt.cats)
     out = EvaluationResult(notes=notes)
+    # One LVISResults (it deep-copies the whole ground-truth dataset) serves both IoU types: evaluation
+    # only reads the detections.
+    lvis_dt = load_lvis_results(lvis_gt, results, max_dets)
     for iou_type in iou_types:
         start = time.perf_counter()
-        # LVISResults keeps its own copy of the result dicts' fields; give each evaluation fresh dicts.
-        lvis_dt = load_lvis_results(lvis_gt, [dict(r) for r in results], max_dets)
         if iou_type == "segm":
             E = LVISEval(lvis_gt, lvis_dt, iou_type="segm")
         else:
