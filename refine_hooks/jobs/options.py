@@ -9,8 +9,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 REFINERS = ("samrefiner", "phoenix")
-# Refiner arguments that set how work is batched on the device, not what comes out.
-THROUGHPUT_KWARGS = frozenset({"decoder_chunk_size", "encoder_batch_size", "max_chunk_pixels"})
+
 
 
 @dataclasses.dataclass
@@ -30,7 +29,8 @@ class JobOptions:
         precision: ``fp32``, ``bf16`` or ``fp16``.
         score_thr: records with a ``score`` below it are passed through, not refined.
         min_area: coarse masks with fewer pixels are passed through, not refined.
-        max_masks_per_batch: masks per refiner call, across images (bounds memory and sets GPU batch size).
+        max_masks_per_batch: images are gathered into one refiner call until they hold this many masks
+            (the GPU batch; an image's masks are never split by it, see ``worker.MASK_PIXEL_BUDGET``).
         images_per_batch: images per refiner call at most.
         workers: DataLoader workers that decode images and masks ahead of the refiner (0: in-process).
         limit: refine only the first ``limit`` images (in file order); the output holds only those.
@@ -93,9 +93,9 @@ class JobOptions:
             checkpoint = {"path": path, "size": os.path.getsize(path) if os.path.exists(path) else None}
         return {
             "refiner": self.refiner,
-            "refiner_kwargs": json.loads(
-                json.dumps({k: v for k, v in self.refiner_kwargs.items() if k not in THROUGHPUT_KWARGS}, sort_keys=True, default=str)
-            ),
+            # All of them, chunk sizes included: on CPU the decoder's floating-point results depend on
+            # which prompts share a call.
+            "refiner_kwargs": json.loads(json.dumps(self.refiner_kwargs, sort_keys=True, default=str)),
             "model_type": self.model_type,
             "checkpoint": checkpoint,
             "device_type": self.device.split(":")[0],

@@ -162,7 +162,6 @@ def _process(works, chunk_of, chunk_images, refiner, workdir, options, ranks) ->
     dataset = ImageWorkDataset(
         works,
         min_area=options.min_area,
-        max_masks_per_group=options.max_masks_per_batch,
         skip_missing_images=options.skip_missing_images,
     )
     loader = torch.utils.data.DataLoader(

@@ -29,9 +29,11 @@ STATUS_REFINED = "refined"
 STATUS_PASSED = "passed_through"
 STATUS_COPIED = "copied"
 
-# Coarse masks handed over per group are bounded by pixels as well as by count: bool masks cost one byte
-# a pixel, and a worker holds ``prefetch_factor`` groups.
-MASK_PIXEL_BUDGET = 1 << 27
+# Masks handed over per group are bounded by pixels (bool masks cost a byte a pixel, and each worker holds
+# ``prefetch_factor`` groups). The group size depends on nothing but the image, because on CPU the
+# refiner's floating-point results for a mask can depend on which masks share its decoder call: any
+# option-dependent grouping would make the output depend on throughput options.
+MASK_PIXEL_BUDGET = 1 << 28
 
 
 def _round(value: Optional[float]) -> Optional[float]:
@@ -114,7 +116,7 @@ def _all_copied(work: ImageWork, reason: str) -> Dict[int, Dict[str, Any]]:
     return {index: copied_output(reason) for index in work.record_indices}
 
 
-def prepare_image(work: ImageWork, *, min_area: int, max_masks_per_group: int, skip_missing_images: bool) -> Iterator[WorkItem]:
+def prepare_image(work: ImageWork, *, min_area: int, skip_missing_images: bool) -> Iterator[WorkItem]:
     """Decode one image and its masks into :class:`WorkItem` groups (see the module docstring).
 
     Raises :class:`ImageReadError` naming the file when the image cannot be decoded and
@@ -158,7 +160,7 @@ def prepare_image(work: ImageWork, *, min_area: int, max_masks_per_group: int, s
             raise
         yield WorkItem(work.position, 0, 1, None, empty, [], _all_copied(work, f"{COPY_IMAGE_UNREADABLE}: {error.reason}"), [])
         return
-    per_group = max(1, min(max_masks_per_group, MASK_PIXEL_BUDGET // (work.height * work.width)))
+    per_group = max(1, MASK_PIXEL_BUDGET // (work.height * work.width))
     groups = math.ceil(len(candidates) / per_group)
     for group in range(groups):
         rles = candidate_rles[group * per_group : (group + 1) * per_group]
@@ -178,10 +180,10 @@ def prepare_image(work: ImageWork, *, min_area: int, max_masks_per_group: int, s
 class ImageWorkDataset(torch.utils.data.IterableDataset):
     """Yields :class:`WorkItem` s for a list of images; DataLoader workers take every k-th image."""
 
-    def __init__(self, works: Sequence[ImageWork], *, min_area: int, max_masks_per_group: int, skip_missing_images: bool):
+    def __init__(self, works: Sequence[ImageWork], *, min_area: int, skip_missing_images: bool):
         super().__init__()
         self.works = list(works)
-        self.kwargs = dict(min_area=min_area, max_masks_per_group=max_masks_per_group, skip_missing_images=skip_missing_images)
+        self.kwargs = dict(min_area=min_area, skip_missing_images=skip_missing_images)
 
     def __iter__(self) -> Iterator[WorkItem]:
         worker = torch.utils.data.get_worker_info()
