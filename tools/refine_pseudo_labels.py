@@ -15,6 +15,7 @@ import inspect
 import sys
 from typing import Any, Dict, List, Optional
 
+from refine_hooks.data.images import ImageReadError
 from refine_hooks.jobs import (
     JobInputError,
     JobOptions,
@@ -127,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         options = options_from_args(args)
         summary = refine_annotation_file(args.input, args.images, args.out, options)
-    except (JobInputError, ValueError) as error:
+    except (JobInputError, ImageReadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (WorkDirMismatchError, RefinerUnavailableError) as error:
