@@ -1,0 +1,252 @@
+"""``PseudoLabelRefineHook``: end a self-training round by writing the next round's refined pseudo labels.
+
+A round: the current model predicts on the unlabeled set, detections above ``score_thr`` become a
+COCO annotation file (``<out_dir>/<round>/pseudo_coarse.json``), and the pseudo-label job of
+:mod:`refine_hooks.jobs` (the code behind ``tools/refine_pseudo_labels.py``) refines it into
+``<out_dir>/<round>/pseudo_refined.json``. Then:
+
+- in the middle of training (``interval`` epochs), the train dataloader is rebuilt in-process on the
+  new file and training goes on with it;
+- at the end of training, the command line for the next round is logged and written to
+  ``<out_dir>/<round>/next_round.txt`` (a finished runner cannot train again in-process).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from mmengine.dist import all_gather_object, barrier, get_rank
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmdet.registry import HOOKS
+from tqdm import tqdm
+
+from refine_hooks.data.masks import mask_to_xywh, rle_encode_many
+from refine_hooks.data.predictions import mmdet_category_ids
+from refine_hooks.jobs import JobOptions, refine_annotation_file
+
+from .predictions import masks_to_bool
+from .refiner_setup import build_on_device, module_device
+
+COARSE_NAME = "pseudo_coarse.json"
+REFINED_NAME = "pseudo_refined.json"
+
+
+def predictions_to_annotations(
+    data_samples: Sequence, cat_ids: Sequence[int], score_thr: float
+) -> Tuple[List[Dict[str, Any]], int]:
+    """COCO annotations (no ``id`` yet; RLE with str counts, mask box and area) of the detections with
+    ``score >= score_thr``, and how many such detections had an empty mask (not annotations: left out)."""
+    out = []
+    empty = 0
+    for sample in data_samples:
+        pred = sample.pred_instances
+        masks = masks_to_bool(pred.masks)
+        scores = pred.scores.detach().float().cpu().numpy()
+        labels = pred.labels.detach().cpu().numpy()
+        keep = np.flatnonzero(scores >= score_thr)
+        for j, rle in zip(keep, rle_encode_many(masks[keep])):
+            if not masks[j].any():
+                empty += 1
+                continue
+            out.append({"image_id": int(sample.img_id), "category_id": int(cat_ids[int(labels[j])]),
+                        "segmentation": rle, "area": float(masks[j].sum()), "bbox": mask_to_xywh(masks[j]),
+                        "iscrowd": 0, "score": float(scores[j])})
+    return out, empty
+
+
+def _dataset_node(cfg: Dict[str, Any], index: int) -> Dict[str, Any]:
+    """The dataset config inside wrappers (``RepeatDataset``, ``ClassBalancedDataset``: ``dataset``;
+    ``ConcatDataset``: ``datasets[index]``)."""
+    node = cfg
+    while True:
+        if "datasets" in node:
+            node = node["datasets"][index]
+        elif "dataset" in node and isinstance(node["dataset"], dict):
+            node = node["dataset"]
+        else:
+            return node
+
+
+def _node_key(cfg: Dict[str, Any], index: int, root: str = "train_dataloader") -> str:
+    """The ``--cfg-options`` key of :func:`_dataset_node`."""
+    node, key = cfg, root
+    while True:
+        if "datasets" in node:
+            i = index % len(node["datasets"])
+            node, key = node["datasets"][i], f"{key}.datasets.{i}"
+        elif "dataset" in node and isinstance(node["dataset"], dict):
+            node, key = node["dataset"], f"{key}.dataset"
+        else:
+            return key
+
+
+@HOOKS.register_module()
+class PseudoLabelRefineHook(Hook):
+    """Make refined pseudo labels for the next self-training round.
+
+    Args:
+        unlabeled_dataloader: dataloader config of the unlabeled set (a COCO-style dataset whose
+            ``ann_file`` lists the images, e.g. ``image_info_unlabeled2017.json``, with the test pipeline).
+        out_dir: where rounds are written (``<out_dir>/epoch_<k>/`` or ``<out_dir>/final/``); relative
+            paths are under the runner's ``work_dir``.
+        refiner: refiner config (``dict(type='SAMRefiner', model_type='vit_h', ...)``) or a built refiner;
+            it runs on the model's device.
+        score_thr: keep detections with at least this score.
+        interval: also make a round every ``interval`` training epochs, and train on it (in-process);
+            None: only after training.
+        job_options: more :class:`refine_hooks.jobs.JobOptions` fields (``min_area``,
+            ``max_masks_per_batch``, ``keep_coarse``, ...).
+        dataset_index: which dataset of a ``ConcatDataset`` in ``train_dataloader`` takes the pseudo
+            labels (default: the last).
+    """
+
+    priority = "LOW"
+
+    def __init__(
+        self,
+        unlabeled_dataloader: Dict[str, Any],
+        out_dir: str,
+        refiner: Any,
+        score_thr: float = 0.5,
+        interval: Optional[int] = None,
+        job_options: Optional[Dict[str, Any]] = None,
+        dataset_index: int = -1,
+    ):
+        if interval is not None and interval < 1:
+            raise ValueError(f"interval must be None or at least 1, got {interval}")
+        self.unlabeled_dataloader = unlabeled_dataloader
+        self.out_dir = out_dir
+        self.refiner_spec = refiner
+        self.refiner = None
+        self.score_thr = float(score_thr)
+        self.interval = interval
+        self.job_options = dict(job_options or {})
+        self.dataset_index = dataset_index
+        self.last_output: Optional[str] = None  # the last refined file written
+
+    # --------------------------------------------------------------------------- hook points
+    def after_train_epoch(self, runner) -> None:
+        if self.interval is None or runner.epoch + 1 >= runner.max_epochs:
+            return  # the final round is after_train's
+        if (runner.epoch + 1) % self.interval == 0:
+            path = self.make_round(runner, f"epoch_{runner.epoch + 1}")
+            self._use_for_training(runner, path)
+
+    def after_train(self, runner) -> None:
+        path = self.make_round(runner, "final")
+        self._tell_next_round(runner, path)
+
+    # --------------------------------------------------------------------------- a round
+    def make_round(self, runner, tag: str) -> str:
+        """Predict on the unlabeled set, write the coarse file, refine it; returns the refined file."""
+        out_dir = self.out_dir if os.path.isabs(self.out_dir) else os.path.join(runner.work_dir, self.out_dir)
+        round_dir = os.path.join(out_dir, tag)
+        os.makedirs(round_dir, exist_ok=True)
+        coarse_path = os.path.join(round_dir, COARSE_NAME)
+        refined_path = os.path.join(round_dir, REFINED_NAME)
+
+        dataloader = runner.build_dataloader(copy.deepcopy(self.unlabeled_dataloader), seed=runner.seed)
+        dataset = dataloader.dataset
+        with open(dataset.ann_file) as f:
+            unlabeled = json.load(f)
+        cat_ids = mmdet_category_ids(unlabeled, dataset.metainfo.get("classes"))
+        annotations = self._predict(runner, dataloader, cat_ids)
+        gathered = all_gather_object(annotations)
+        if get_rank() == 0:
+            merged = [a for part in gathered for a in part]
+            merged.sort(key=lambda a: (a["image_id"], -a["score"]))
+            for i, annotation in enumerate(merged, start=1):
+                annotation["id"] = i
+            coarse = {"images": unlabeled["images"], "categories": unlabeled["categories"], "annotations": merged}
+            for key in ("info", "licenses"):
+                if key in unlabeled:
+                    coarse[key] = unlabeled[key]
+            with open(coarse_path, "w") as f:
+                json.dump(coarse, f)
+            print_log(f"{type(self).__name__}: {len(merged)} detections with score >= {self.score_thr} on "
+                      f"{len(unlabeled['images'])} unlabeled images written to {coarse_path}", logger="current")
+        barrier()
+
+        device = module_device(runner.model)
+        if self.refiner is None:
+            self.refiner = build_on_device(self.refiner_spec, device, type(self).__name__)
+        elif hasattr(self.refiner, "to"):
+            self.refiner.to(device)
+        summary = refine_annotation_file(coarse_path, dataset.data_prefix.get("img", ""), refined_path,
+                                         options=self._job_options(device), refiner=self.refiner)
+        barrier()
+        print_log(f"{type(self).__name__}: refined pseudo labels of round '{tag}': {refined_path}\n{summary.text()}",
+                  logger="current")
+        self.last_output = refined_path
+        return refined_path
+
+    def _job_options(self, device: torch.device) -> JobOptions:
+        options = {"workers": 0, "progress": get_rank() == 0, "device": str(device)}
+        if isinstance(self.refiner_spec, dict):  # recorded in the job's manifest
+            spec = self.refiner_spec
+            options["model_type"] = spec.get("model_type", JobOptions.model_type)
+            options["checkpoint"] = spec.get("checkpoint")
+            options["refiner_kwargs"] = {k: v for k, v in spec.items()
+                                         if k not in ("type", "model_type", "checkpoint", "device")}
+        options.update(self.job_options)
+        return JobOptions(**options)
+
+    def _predict(self, runner, dataloader, cat_ids: Sequence[int]) -> List[Dict[str, Any]]:
+        model = runner.model
+        was_training = model.training
+        model.eval()
+        annotations: List[Dict[str, Any]] = []
+        empty = 0
+        try:
+            with torch.no_grad():
+                for data in tqdm(dataloader, desc="pseudo labels: predicting", disable=get_rank() != 0):
+                    outputs = model.test_step(data)
+                    kept, n_empty = predictions_to_annotations(outputs, cat_ids, self.score_thr)
+                    annotations += kept
+                    empty += n_empty
+        finally:
+            model.train(was_training)
+        if empty:
+            print_log(f"{type(self).__name__}: {empty} detections above the threshold have an empty mask and are "
+                      "not pseudo labels", logger="current")
+        return annotations
+
+    # --------------------------------------------------------------------------- the next round
+    def _use_for_training(self, runner, path: str) -> None:
+        """Rebuild the train dataloader on the refined file (its image prefix: the unlabeled set's)."""
+        from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+        cfg = copy.deepcopy(runner.cfg.train_dataloader)
+        node = _dataset_node(cfg, self.dataset_index)
+        node["ann_file"] = os.path.abspath(path)
+        node["data_prefix"] = dict(node.get("data_prefix") or {}, img=self._unlabeled_image_dir(runner))
+        loader = runner.build_dataloader(cfg, seed=runner.seed)
+        loop = runner.train_loop
+        loop.dataloader = loader
+        if hasattr(loop, "_max_epochs"):  # epoch-based: iterations follow the new length
+            loop._max_iters = loop._max_epochs * len(loader)
+        if hasattr(loop, "dataloader_iterator"):
+            loop.dataloader_iterator = _InfiniteDataloaderIterator(loader)
+        print_log(f"{type(self).__name__}: the train dataloader now reads {path} ({len(loader.dataset)} images)",
+                  logger="current")
+
+    def _unlabeled_image_dir(self, runner) -> str:
+        dataset = runner.build_dataloader(copy.deepcopy(self.unlabeled_dataloader)).dataset
+        return os.path.abspath(dataset.data_prefix.get("img", ""))
+
+    def _tell_next_round(self, runner, path: str) -> None:
+        key = _node_key(runner.cfg.train_dataloader, self.dataset_index)
+        config = getattr(runner.cfg, "filename", None) or "<your config>"
+        image_dir = self._unlabeled_image_dir(runner)
+        command = (f"python tools/train.py {config} --cfg-options {key}.ann_file={os.path.abspath(path)} "
+                   f"{key}.data_prefix.img={image_dir}/")
+        if get_rank() == 0:
+            with open(os.path.join(os.path.dirname(path), "next_round.txt"), "w") as f:
+                f.write(command + "\n")
+        print_log(f"{type(self).__name__}: the next round trains on {path}; run:\n  {command}", logger="current")

@@ -1,0 +1,146 @@
+"""A tiny COCO dataset on disk and small-image, random-weight configs built from our configs/mmdet files
+(which inherit mmdet's stock configs), for tests that run real mmengine Runners on CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+from refine_hooks.data.masks import mask_to_xywh, rle_encode
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(REPO, "configs", "mmdet")
+CLASSES = ("box", "ellipse")
+CATEGORIES = [{"id": 3, "name": "box", "supercategory": "shape"}, {"id": 7, "name": "ellipse", "supercategory": "shape"}]
+TINY_REFINER = dict(type="SAMRefiner", model_type="tiny", checkpoint=None, iterations=2)
+
+
+def _shapes(rng: np.random.Generator, height: int, width: int):
+    """1-3 (category id, bool mask) per image: axis-aligned boxes and ellipses."""
+    out = []
+    yy, xx = np.mgrid[:height, :width]
+    for _ in range(int(rng.integers(1, 4))):
+        h, w = int(rng.integers(height // 5, height // 2)), int(rng.integers(width // 5, width // 2))
+        y0, x0 = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
+        if rng.random() < 0.5:
+            mask = np.zeros((height, width), bool)
+            mask[y0:y0 + h, x0:x0 + w] = True
+            out.append((3, mask))
+        else:
+            cy, cx = y0 + h / 2, x0 + w / 2
+            out.append((7, ((yy - cy) / (h / 2)) ** 2 + ((xx - cx) / (w / 2)) ** 2 <= 1.0))
+    return out
+
+
+def make_tiny_coco(root: str, *, num_images: int = 3, size=(96, 128), seed: int = 0, prefix: str = "img",
+                   with_annotations: bool = True) -> str:
+    """Write ``root/images/<prefix>_<i>.png`` and ``root/<prefix>_annotations.json``; returns the json path.
+
+    Boxes are stored as polygons, ellipses as RLE (both forms mmdet and pycocotools read). Category ids
+    3 and 7 are not contiguous, so label <-> id mapping mistakes show. ``with_annotations=False`` writes an
+    image-info file (images and categories, no annotations), like COCO's unlabeled image info.
+    """
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    height, width = size
+    images, annotations = [], []
+    for i in range(num_images):
+        pixels = rng.integers(90, 130, size=(height, width, 3)).astype(np.uint8)
+        file_name = f"{prefix}_{i}.png"
+        image_id = 10 + i
+        for category_id, mask in _shapes(rng, height, width):
+            colour = rng.integers(0, 256, size=3)
+            pixels[mask] = colour
+            x, y, w, h = mask_to_xywh(mask)
+            if category_id == 3:
+                segmentation: Any = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+            else:
+                segmentation = rle_encode(mask)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                                "segmentation": segmentation, "area": float(mask.sum()), "bbox": [x, y, w, h],
+                                "iscrowd": 0})
+        Image.fromarray(pixels).save(os.path.join(root, "images", file_name))
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+    data: Dict[str, Any] = {"images": images, "categories": CATEGORIES}
+    data["annotations"] = annotations if with_annotations else []
+    path = os.path.join(root, f"{prefix}_annotations.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def pipeline(scale=(160, 128), train: bool = False) -> List[Dict[str, Any]]:
+    steps: List[Dict[str, Any]] = [dict(type="LoadImageFromFile")]
+    if train:
+        steps.append(dict(type="LoadAnnotations", with_bbox=True, with_mask=True))
+    steps.append(dict(type="Resize", scale=scale, keep_ratio=True))
+    steps.append(dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")))
+    return steps
+
+
+def dataloader(root: str, ann_file: str, *, train: bool = False, batch_size: int = 2) -> Dict[str, Any]:
+    dataset = dict(type="CocoDataset", data_root=root, ann_file=os.path.basename(ann_file),
+                   data_prefix=dict(img="images/"), metainfo=dict(classes=CLASSES), test_mode=not train,
+                   pipeline=pipeline(train=train))
+    if train:
+        dataset["filter_cfg"] = dict(filter_empty_gt=True, min_size=1)
+    return dict(batch_size=batch_size, num_workers=0, persistent_workers=False, drop_last=False,
+                sampler=dict(type="DefaultSampler", shuffle=train), dataset=dataset)
+
+
+def small_model(cfg, kind: str) -> None:
+    """Random weights (no pretrained download), 2 classes, thresholds that let random weights detect."""
+    model = cfg.model
+    model.backbone.init_cfg = None
+    if kind == "mask_rcnn":
+        model.roi_head.bbox_head.num_classes = len(CLASSES)
+        model.roi_head.mask_head.num_classes = len(CLASSES)
+        model.test_cfg.rpn.nms_pre = 200
+        model.test_cfg.rpn.max_per_img = 50
+        model.test_cfg.rcnn.score_thr = 0.0
+        model.test_cfg.rcnn.max_per_img = 10
+        model.train_cfg.rpn_proposal.nms_pre = 200
+        model.train_cfg.rpn_proposal.max_per_img = 50
+    elif kind == "solov2":
+        model.mask_head.num_classes = len(CLASSES)
+        model.test_cfg.nms_pre = 50
+        model.test_cfg.score_thr = 0.0
+        model.test_cfg.filter_thr = 0.0
+        model.test_cfg.max_per_img = 10
+    elif kind == "mask2former":
+        head = model.panoptic_head
+        head.num_things_classes, head.num_stuff_classes = len(CLASSES), 0
+        head.loss_cls.class_weight = [1.0] * len(CLASSES) + [0.1]
+        model.panoptic_fusion_head.num_things_classes = len(CLASSES)
+        model.panoptic_fusion_head.num_stuff_classes = 0
+        model.test_cfg.max_per_image = 10
+    else:
+        raise ValueError(kind)
+
+
+def runner_config(config_name: str, kind: str, root: str, ann_file: str, work_dir: str, *,
+                  hook: Optional[Dict[str, Any]] = None, dump: Optional[str] = None):
+    """Our config ``configs/mmdet/<config_name>`` made small: tiny data, random weights, tiny SAM refiner."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(os.path.join(CONFIGS, config_name))
+    small_model(cfg, kind)
+    cfg.work_dir = work_dir
+    cfg.load_from = None
+    cfg.test_dataloader = dataloader(root, ann_file)
+    cfg.val_dataloader = copy.deepcopy(cfg.test_dataloader)
+    evaluator: List[Dict[str, Any]] = [dict(type="CocoBoundaryMetric", ann_file=ann_file)]
+    if dump is not None:
+        evaluator.append(dict(type="DumpDetResults", out_file_path=dump))
+    cfg.test_evaluator = evaluator
+    cfg.val_evaluator = copy.deepcopy(evaluator[:1])
+    if hook is not None:
+        cfg.custom_hooks = [hook]
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, save_last=False)
+    cfg.log_level = "WARNING"
+    return cfg
