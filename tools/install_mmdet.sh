@@ -4,7 +4,8 @@
 #
 #   bash tools/install_mmdet.sh [PYTHON]        # PYTHON defaults to .venv/bin/python
 #
-# Idempotent: does nothing when `import mmcv.ops, mmdet, mmengine` already works with mmcv 2.1.0.
+# Idempotent: does nothing when `import mmcv.ops, mmdet, mmengine, pkg_resources` already works with
+# mmcv 2.1.0.
 # mmcv 2.1.0 has no wheels for our torch, so it is built from its PyPI sdist, on CPU, with two changes
 # that stay outside the environment:
 #   * its setup.py forces -std=c++17; torch 2.14 headers need C++20, so the flag is switched;
@@ -34,6 +35,7 @@ check_all() {
     "$PY" - "$MMCV_VERSION" <<'EOF' >/dev/null 2>&1
 import sys
 import mmcv, mmcv.ops, mmdet, mmengine  # noqa: F401
+import pkg_resources  # noqa: F401  (mmengine resolves mmdet:: configs with it)
 assert mmcv.__version__ == sys.argv[1], mmcv.__version__
 EOF
 }
@@ -46,7 +48,7 @@ EOF
 }
 
 if check_all; then
-    say "mmcv $MMCV_VERSION (with ops), mmengine and mmdet already import in $PY: nothing to do"
+    say "mmcv $MMCV_VERSION (with ops), mmengine, mmdet and pkg_resources already import in $PY: nothing to do"
     exit 0
 fi
 
@@ -144,6 +146,14 @@ fi
 
 say "installing mmengine==$MMENGINE_VERSION and mmdet==$MMDET_VERSION"
 pip_install "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION"
+
+# mmengine resolves `_base_ = 'mmdet::...'` with pkg_resources, which setuptools >= 82 no longer ships;
+# torch needs setuptools >= 77.0.3, so keep one in between (importing refine_hooks.mmdet also works around
+# it, but mmdet's own tools/test.py parses the config before any custom import).
+if ! "$PY" -c "import pkg_resources" >/dev/null 2>&1; then
+    say "mmengine needs pkg_resources for mmdet:: configs: installing setuptools>=77.0.3,<82 (torch needs >=77.0.3)"
+    pip_install "setuptools>=77.0.3,<82"
+fi
 
 check_all || { "$PY" -c "import mmcv.ops, mmdet, mmengine"; die "mmdet does not import after installation"; }
 "$PY" - <<'EOF'
