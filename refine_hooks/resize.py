@@ -33,20 +33,35 @@ def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
 
 @dataclasses.dataclass
 class AxisMap:
-    """One axis of a composed chain: ``matrix`` (``out x in``) and, per output index, the first and last
-    input index with nonzero weight (the chain is banded and monotone)."""
+    """One axis of a composed chain, stored sparsely: every output index reads at most K consecutive
+    input indices (a chain of bilinear steps is banded and monotone).
 
-    matrix: torch.Tensor
+    Attributes:
+        index: int64 ``out x K``: the input indices each output reads (unused slots repeat the first).
+        weight: float32 ``out x K``: their weights (0 in unused slots).
+        first, last: int64 ``out``: the first and last input index with nonzero weight.
+    """
+
+    index: torch.Tensor
+    weight: torch.Tensor
     first: torch.Tensor
     last: torch.Tensor
 
     @classmethod
     def from_matrix(cls, matrix: torch.Tensor, device) -> "AxisMap":
         nonzero = matrix != 0
-        index = torch.arange(matrix.shape[1]).expand_as(matrix)
-        first = torch.where(nonzero, index, matrix.shape[1]).min(dim=1).values
-        last = torch.where(nonzero, index, -1).max(dim=1).values
-        return cls(matrix.float().to(device), first, last)
+        positions = torch.arange(matrix.shape[1]).expand_as(matrix)
+        first = torch.where(nonzero, positions, matrix.shape[1]).min(dim=1).values
+        last = torch.where(nonzero, positions, -1).max(dim=1).values
+        taps = int((last - first).max()) + 1
+        index = (first[:, None] + torch.arange(taps)).clamp(max=matrix.shape[1] - 1)
+        weight = torch.gather(matrix, 1, index) * (first[:, None] + torch.arange(taps) <= last[:, None])
+        return cls(index.to(device), weight.float().to(device), first, last)
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """``(out, in)``."""
+        return self.index.shape[0], int(self.last.max()) + 1
 
     def outputs_touching(self, lo: int, hi: int) -> Tuple[int, int]:
         """Inclusive range of output indices whose input taps intersect ``[lo, hi]``."""
@@ -56,6 +71,20 @@ class AxisMap:
     def inputs_of(self, lo: int, hi: int) -> Tuple[int, int]:
         """Inclusive range of input indices read by outputs ``[lo, hi]``."""
         return int(self.first[lo : hi + 1].min()), int(self.last[lo : hi + 1].max())
+
+    def apply(self, x: torch.Tensor, dim: int, start: int, outputs: slice = slice(None)) -> torch.Tensor:
+        """Map dimension ``dim`` of ``x``, which holds input indices ``start, start + 1, ...``; inputs
+        outside that range count as 0. Returns ``x`` with that dimension replaced by ``outputs``."""
+        index = self.index[outputs] - start
+        weight = self.weight[outputs] * ((index >= 0) & (index < x.shape[dim]))
+        index = index.clamp(0, x.shape[dim] - 1)
+        shape = [1] * x.dim()
+        shape[dim] = index.shape[0]
+        out = None
+        for k in range(index.shape[1]):
+            term = x.index_select(dim, index[:, k]) * weight[:, k].view(shape)
+            out = term if out is None else out.add_(term)
+        return out
 
 
 def _map(parts, device) -> Tuple[AxisMap, AxisMap]:
@@ -95,14 +124,14 @@ def apply_to_box(rows: AxisMap, cols: AxisMap, values: torch.Tensor, box, consta
     Args:
         values: float ``h x w``, the input inside the inclusive ``box`` = (x1, y1, x2, y2).
         constant: the input's value everywhere else (every row of a chain sums to 1, so a constant
-            passes through unchanged and only ``values - constant`` needs multiplying).
+            passes through unchanged and only ``values - constant`` needs mapping).
 
     Returns:
         float32 ``out_h x out_w``, the whole output frame.
     """
-    x1, y1, x2, y2 = (int(v) for v in box)
+    x1, y1 = int(box[0]), int(box[1])
     shifted = values.float() - constant
-    out = rows.matrix[:, y1 : y2 + 1] @ shifted @ cols.matrix[:, x1 : x2 + 1].T
+    out = cols.apply(rows.apply(shifted, 0, y1), 1, x1)
     return out + constant if constant else out
 
 
@@ -128,5 +157,6 @@ def positive_window(rows: AxisMap, cols: AxisMap, logits: torch.Tensor):
     c1, c2 = cols.outputs_touching(int(xs[0]), int(xs[-1]))
     i1, i2 = rows.inputs_of(r1, r2)
     j1, j2 = cols.inputs_of(c1, c2)
-    window = rows.matrix[r1 : r2 + 1, i1 : i2 + 1] @ logits[i1 : i2 + 1, j1 : j2 + 1] @ cols.matrix[c1 : c2 + 1, j1 : j2 + 1].T
+    window = rows.apply(logits[i1 : i2 + 1, j1 : j2 + 1], 0, i1, slice(r1, r2 + 1))
+    window = cols.apply(window, 1, j1, slice(c1, c2 + 1))
     return window > 0, (c1, r1)

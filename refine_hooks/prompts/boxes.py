@@ -81,7 +81,8 @@ class EmbeddingSimilarity:
             top, bottom = max(0, y1 - reach), min(height - 1, y2 + reach)
             left, right = max(0, x1 - reach), min(width - 1, x2 + reach)
             projected = torch.einsum("c,chw->hw", query, self.valid_features)
-            numerator = self.rows.matrix[top : bottom + 1] @ projected @ self.cols.matrix[left : right + 1].T
+            numerator = self.rows.apply(projected, 0, 0, slice(top, bottom + 1))
+            numerator = self.cols.apply(numerator, 1, 0, slice(left, right + 1))
             similar = numerator > SIMILARITY_THRESHOLD * self.norm[top : bottom + 1, left : right + 1]
             windows.append(Window(similar.cpu().numpy(), (left, top)))
         return windows

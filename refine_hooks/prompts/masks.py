@@ -63,8 +63,8 @@ def dense_mask_prompt(
         float32 ``N x 1 x m x m``: ``-amplitude`` on background, ``+amplitude * g`` inside.
     """
     rows, cols = frame
-    device = rows.matrix.device
-    prompts = torch.empty((len(masks), 1, rows.matrix.shape[0], cols.matrix.shape[0]), device=device)
+    device = rows.weight.device
+    prompts = torch.empty((len(masks), 1, rows.size[0], cols.size[0]), device=device)
     for i, (mask, weight, box) in enumerate(zip(masks, weights, boxes)):
         signed = apply_to_box(rows, cols, torch.from_numpy(mask).to(device).float() * 2 - 1, box, constant=-1.0)
         gauss = apply_to_box(rows, cols, torch.from_numpy(weight).to(device), box)
