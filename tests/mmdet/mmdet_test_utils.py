@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import importlib.util
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -144,3 +146,38 @@ def runner_config(config_name: str, kind: str, root: str, ann_file: str, work_di
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, save_last=False)
     cfg.log_level = "WARNING"
     return cfg
+
+
+def run_evaluate_tool(gt: str, dt: str, out: str, *extra: str) -> Dict[str, float]:
+    """``tools/evaluate.py`` itself on a prediction file; returns its metric dict (``segm/AP``, ...)."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        spec = importlib.util.spec_from_file_location("evaluate_tool", os.path.join(REPO, "tools", "evaluate.py"))
+        tool = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tool)
+    finally:
+        sys.path.pop(0)
+    code = tool.main(["--gt", gt, "--dt", dt, "--classes", *CLASSES, "--out", out, "--no-progress", *extra])
+    assert code == 0
+    with open(out) as f:
+        summary = json.load(f)
+    return summary["predictions"][os.path.abspath(dt)]["metrics"]
+
+
+def to_lvis(coco_path: str, out_path: str) -> str:
+    """The tiny COCO file with the fields LVIS evaluation needs (frequencies, per-image category lists)."""
+    with open(coco_path) as f:
+        data = json.load(f)
+    data = copy.deepcopy(data)
+    for category, frequency in zip(data["categories"], ("f", "r")):
+        category.update(frequency=frequency, synset=f"{category['name']}.n.01", image_count=1, instance_count=1)
+    present = {}
+    for a in data["annotations"]:
+        present.setdefault(a["image_id"], set()).add(a["category_id"])
+    all_ids = {c["id"] for c in data["categories"]}
+    for img in data["images"]:
+        img["not_exhaustive_category_ids"] = []
+        img["neg_category_ids"] = sorted(all_ids - present.get(img["id"], set()))
+    with open(out_path, "w") as f:
+        json.dump(data, f)
+    return out_path

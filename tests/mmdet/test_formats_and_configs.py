@@ -195,3 +195,36 @@ def test_mmengine_reads_checkpoints_with_numpy_meta(tmp_path):
         torch.load(path)  # torch >= 2.6: weights_only=True refuses numpy objects
     loaded = CheckpointLoader.load_checkpoint(path, map_location="cpu")
     assert torch.equal(loaded["state_dict"]["w"], torch.ones(2)) and loaded["meta"]["seed"] == 3
+
+
+def test_package_lookup_without_pkg_resources_agrees_with_mmengine():
+    from mmengine.utils import package_utils
+
+    from refine_hooks.mmdet import compat
+
+    if importlib.util.find_spec("pkg_resources") is not None:  # compare with mmengine's own answers
+        assert compat.get_installed_path("mmdet") == package_utils.get_installed_path("mmdet")
+        assert compat.get_installed_path("mmengine") == package_utils.get_installed_path("mmengine")
+    import mmdet
+
+    assert compat.get_installed_path("mmdet") == os.path.dirname(mmdet.__file__)
+    assert compat.is_installed("mmdet") and not compat.is_installed("no_such_package_refine_hooks")
+
+
+def test_wrapper_config_adds_updates_and_removes_refinement(tmp_path):
+    from refine_hooks.mmdet.testing import build_test_config
+
+    cfg = build_test_config("mmdet::solov2/solov2_r50_fpn_1x_coco.py", "ckpt.pth", work_dir=str(tmp_path),
+                            refiner=dict(model_type="vit_b", checkpoint="sam_b.pth"), hook_options=dict(score_thr=0.3))
+    (hook,) = [h for h in cfg.custom_hooks if h.type == "MaskRefinementHook"]
+    assert hook.refiner == dict(type="SAMRefiner", model_type="vit_b", checkpoint="sam_b.pth") and hook.score_thr == 0.3
+    assert cfg.load_from == "ckpt.pth" and "refine_hooks.mmdet" in cfg.custom_imports.imports
+
+    ours = os.path.join(CONFIGS, "mask-rcnn_r50_fpn_1x_coco_refined.py")
+    assert len(build_test_config(ours, refiner=dict(checkpoint="x.pth")).custom_hooks) == 1
+    assert build_test_config(ours, refine=False).custom_hooks == []
+    explicit = os.path.join(CONFIGS, "mask-rcnn_r50_fpn_1x_coco_refined-detector.py")
+    assert build_test_config(explicit, refine=False).model.type == "MaskRCNN"
+    assert build_test_config(explicit, refiner=dict(checkpoint="x.pth")).model.refiner.checkpoint == "x.pth"
+    with pytest.raises(FileNotFoundError):
+        build_test_config("mmdet::no/such_config.py")

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from pycocotools import mask as mask_utils  # noqa: E402
 from refine_hooks.mmdet import MaskRefinementHook, PseudoLabelRefineHook, RefinedDetector  # noqa: E402
 from refine_hooks.jobs.worker import INFO_KEY, STATUS_REFINED  # noqa: E402
 
-from mmdet_test_utils import CLASSES, REPO, TINY_REFINER, dataloader, runner_config  # noqa: E402
+from mmdet_test_utils import CLASSES, TINY_REFINER, dataloader, run_evaluate_tool, runner_config  # noqa: E402
 
 MASK_RCNN = "mask-rcnn_r50_fpn_1x_coco_refined.py"
 SOLOV2 = "solov2_r50_fpn_1x_coco_refined.py"
@@ -52,22 +51,6 @@ def decode(rles):
     return np.stack([mask_utils.decode(r).astype(bool) for r in rles]) if rles else np.zeros((0, 0, 0), bool)
 
 
-def run_evaluate_tool(gt, dt, out):
-    """``tools/evaluate.py`` itself, on the dumped predictions; returns its metric dict."""
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        spec = importlib.util.spec_from_file_location("evaluate_tool", os.path.join(REPO, "tools", "evaluate.py"))
-        tool = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tool)
-    finally:
-        sys.path.pop(0)
-    code = tool.main(["--gt", gt, "--dt", dt, "--classes", *CLASSES, "--out", out, "--no-progress"])
-    assert code == 0
-    with open(out) as f:
-        summary = json.load(f)
-    return summary["predictions"][os.path.abspath(dt)]["metrics"]
-
-
 def test_mask_rcnn_test_refines_what_the_metrics_see(coco, tmp_path):
     root, ann = coco
     dump = str(tmp_path / "preds.pkl")
@@ -97,6 +80,11 @@ def test_mask_rcnn_test_refines_what_the_metrics_see(coco, tmp_path):
         assert not np.isnan(pred["refine_iou"].numpy()[flags]).any()
         assert sample["refine_image_source"] == "img_path"
     assert changed > 0
+
+    # Validation goes through the same wrapper (val_step), and restores it too.
+    val_metrics = runner.val()
+    assert hook.stats.refined > 0 and hook.stats.images == 3 and "val_step" not in runner.model.__dict__
+    assert "coco/boundary_mAP" in val_metrics
 
     # Metric keys as mmdet names them, and the same numbers tools/evaluate.py gives on the same predictions.
     tool = run_evaluate_tool(ann, dump, str(tmp_path / "eval.json"))
