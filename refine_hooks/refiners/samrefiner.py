@@ -192,7 +192,9 @@ class SAMRefiner(Refiner):
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run the iterations on bool ``n x H x W`` non-empty masks.
 
-        A mask whose SAM output is empty keeps its previous mask and stops iterating.
+        A mask whose SAM output is empty keeps its previous mask and stops iterating. A mask whose output
+        equals its input has converged: prompts are a function of the mask alone, so every further
+        iteration would return it again; it stops iterating with the same result.
 
         Returns:
             bool ``n x H x W`` masks, float32 ``n`` IoU predictions, bool ``n`` "empty at the first iteration".
@@ -212,11 +214,12 @@ class SAMRefiner(Refiner):
                 binary = self.engine.upsample_masks(logits[rows, best], embedding)
                 best_ious = candidate_ious[rows, best].cpu().numpy()
                 nonempty = binary.reshape(len(binary), -1).any(axis=1)
+                changed = (binary != current[active]).reshape(len(binary), -1).any(axis=1)
                 current[active[nonempty]] = binary[nonempty]
                 ious[active[nonempty]] = best_ious[nonempty]
                 if iteration == 0:
                     empty_first[active[~nonempty]] = True
-                active = active[nonempty]
+                active = active[nonempty & changed]
             if active.size == 0:
                 break
         return current, ious, empty_first

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+import torch
 
+from refine_hooks.prompts import EmbeddingSimilarity
 from refine_hooks.refiners import PASS_BELOW_MIN_AREA, PASS_EMPTY, SAMRefiner, build_refiner
-from refine_hooks.sam import SamEngine
+from refine_hooks.sam import SamEngine, build_tiny_sam
 
 
 def _refiner(tiny_sam, chunk=64, **kwargs):
@@ -100,3 +102,38 @@ def test_build_refiner_from_config(tmp_path):
     assert refiner.config["margin"] == 0.0
     with pytest.raises(KeyError, match="available"):
         build_refiner(dict(type="Nope"))
+
+
+def test_converged_masks_stop_iterating_with_the_same_result(scene):
+    """A mask whose output equals its input stops iterating; results equal running every iteration.
+
+    With the prompt encoder's weights and positional encoding zeroed, SAM ignores the prompts: every mask maps to the same mask
+    F, and F maps to itself, so masks converge after a couple of iterations.
+    """
+    image, masks = scene
+    sam = build_tiny_sam(seed=0)
+    with torch.no_grad():
+        for tensor in list(sam.prompt_encoder.parameters()) + list(sam.prompt_encoder.buffers()):
+            tensor.zero_()
+    refiner = SAMRefiner(SamEngine(sam), iterations=5)
+    decoded = []
+    original_decode = refiner.engine.decode
+    refiner.engine.decode = lambda *a, **k: decoded.append(len(k["boxes"])) or original_decode(*a, **k)
+    early = refiner.refine(image, masks)
+    # 5 non-empty masks; all converge within a few iterations (a mask's prompt tokens still depend on
+    # whether it has a negative point, so a group may take one iteration more).
+    assert decoded[0] == 5 and len(decoded) < 5
+    # Reference: every iteration on every mask, no convergence shortcut.
+    embedding = refiner.engine.encode([image])[0]
+    similarity = EmbeddingSimilarity(embedding.features, embedding.original_size)
+    todo = [0, 1, 2, 3, 5]
+    current = masks[todo].copy()
+    for _ in range(5):
+        prompts = refiner._prompts(embedding, current, similarity, refiner.margin)
+        logits, ious = original_decode(embedding, **prompts)
+        best = ious.argmax(dim=1)
+        binary = refiner.engine.upsample_masks(logits[range(len(best)), best], embedding)
+        assert binary.any()
+        current = binary
+    np.testing.assert_array_equal(early.masks[todo], current)
+    assert early.passed_through == {4: PASS_EMPTY}
