@@ -8,7 +8,7 @@ raises :class:`ImageReadError` naming the file.
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,10 +21,11 @@ _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 class ImageReadError(RuntimeError):
     """An image file is missing or cannot be decoded; the message names the file and the reason."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"cannot read image {path}: {reason}")
+    def __init__(self, path: str, reason: Optional[str] = None):
+        # One-argument form: the full message (how DataLoader re-raises a worker's exception).
+        super().__init__(path if reason is None else f"cannot read image {path}: {reason}")
         self.path = path
-        self.reason = reason
+        self.reason = reason if reason is not None else path
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
