@@ -272,7 +272,9 @@ def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks
         progress=options.progress and ranks.is_main,
     )
     if ranks.any(bool(problems)):
-        raise JobInputError("\n".join(problems) if problems else "another rank found missing images or invalid records; see its log")
+        raise JobInputError(
+            "stopped before any work: " + ("\n".join(problems) if problems else "another rank found missing images or invalid records; see its log")
+        )
 
     summary = Summary(images=len(plan.images))
     if works:

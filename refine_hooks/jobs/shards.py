@@ -64,15 +64,18 @@ class WorkDir:
         if os.path.exists(self.manifest_path):
             with open(self.manifest_path) as handle:
                 existing = json.load(handle)
-            if existing != manifest:
+            if existing != manifest and not self.done_chunks():
+                existing = None  # nothing was done under the old manifest: start afresh
+            elif existing != manifest:
                 old, new = _flatten(existing), _flatten(manifest)
                 changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
                 raise WorkDirMismatchError(
                     f"{self.root} holds a half-done job with other inputs or options (changed: {', '.join(changed)}). "
                     "Rerun with the original input and options to finish it, or delete the directory to start over."
                 )
-            return True
-        if self.done_chunks():
+            if existing is not None:
+                return True
+        elif self.done_chunks():
             raise WorkDirMismatchError(f"{self.root} has chunk files but no {MANIFEST}; delete the directory to start over")
         atomic_write(self.manifest_path, lambda handle: json.dump(manifest, handle, indent=1, sort_keys=True))
         return False
