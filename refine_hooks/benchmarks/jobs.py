@@ -18,7 +18,6 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 from PIL import Image
 
 from ..data.masks import rle_encode

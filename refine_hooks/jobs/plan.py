@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from ..data.annotations import AnnotationFile, record_name
 from ..data.images import ImageReadError, read_image_size
-from ..refiners.base import PASS_BELOW_MIN_AREA  # noqa: F401  (re-exported reason strings live in one place)
 
 # Why a record is passed through (its mask kept) before the refiner sees it.
 PASS_CROWD = "crowd"
