@@ -229,8 +229,8 @@ class PseudoLabelRefineHook(Hook):
         loader = runner.build_dataloader(cfg, seed=runner.seed)
         loop = runner.train_loop
         loop.dataloader = loader
-        if hasattr(loop, "_max_epochs"):  # epoch-based: iterations follow the new length
-            loop._max_iters = loop._max_epochs * len(loader)
+        if hasattr(loop, "_max_epochs"):  # epoch-based: the remaining epochs have the new length
+            loop._max_iters = runner.iter + (loop._max_epochs - runner.epoch - 1) * len(loader)
         if hasattr(loop, "dataloader_iterator"):
             loop.dataloader_iterator = _InfiniteDataloaderIterator(loader)
         print_log(f"{type(self).__name__}: the train dataloader now reads {path} ({len(loader.dataset)} images)",

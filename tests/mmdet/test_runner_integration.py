@@ -233,3 +233,29 @@ def test_mask2former_full_model(coco, tmp_path):
         # Mask2Former's boxes are its masks' boxes: they follow the refined masks.
         assert torch.equal(pred["bboxes"][flags], mask2bbox(masks[flags]))
     assert "coco/boundary_mAP" in metrics
+
+
+def test_pseudo_label_rounds_every_epoch_retarget_the_train_dataloader(coco, unlabeled, tmp_path):
+    root, ann = coco
+    unl_root, unl_info = unlabeled
+    cfg = runner_config(MASK_RCNN, "mask_rcnn", root, ann, str(tmp_path / "work"))
+    cfg.train_dataloader = dataloader(root, ann, train=True, batch_size=2)
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=1000)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.param_scheduler = []
+    cfg.optim_wrapper.optimizer.lr = 0.001
+    cfg.custom_hooks = [dict(type="PseudoLabelRefineHook", unlabeled_dataloader=dataloader(unl_root, unl_info),
+                             out_dir=str(tmp_path / "pseudo"), refiner=TINY_REFINER, score_thr=0.0, interval=1)]
+    torch.manual_seed(0)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+    first = str(tmp_path / "pseudo" / "epoch_1" / "pseudo_refined.json")
+    assert os.path.isfile(first)
+    # The second epoch trained on the first round's pseudo labels, on the unlabeled images.
+    dataset = runner.train_loop.dataloader.dataset
+    assert dataset.ann_file == first
+    names = {os.path.basename(dataset.get_data_info(i)["img_path"]) for i in range(len(dataset))}
+    assert names and names <= {"unl_0.png", "unl_1.png"}
+    assert runner.train_loop.max_iters == 2 + len(runner.train_loop.dataloader)  # epoch 1 on 3 images, batch 2
+    assert the_hook(runner, PseudoLabelRefineHook).last_output == str(tmp_path / "pseudo" / "final" / "pseudo_refined.json")
