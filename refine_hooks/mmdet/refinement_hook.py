@@ -12,13 +12,16 @@ steps are never touched.
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
 from .predictions import RefineStats, refine_data_samples
+from .refined_detector import RefinedDetector
 from .refiner_setup import RefinerSpec, build_on_device, check_options, image_getter, module_device
 
 
@@ -93,6 +96,11 @@ class MaskRefinementHook(Hook):
         model = runner.model
         if self._wrapped.get(name) is model and name in model.__dict__:
             return  # a run that raised left the wrapper in place; keep using it
+        inner = model.module if is_model_wrapper(model) else model
+        if isinstance(inner, RefinedDetector):
+            print_log(f"{type(self).__name__}: the model is a RefinedDetector, which refines already; the hook "
+                      "does nothing", logger="current", level=logging.WARNING)
+            return
         device = module_device(model)
         if self.refiner is None:
             self.refiner = build_on_device(self.refiner_spec, device, type(self).__name__)

@@ -228,3 +228,13 @@ def test_wrapper_config_adds_updates_and_removes_refinement(tmp_path):
     assert build_test_config(explicit, refiner=dict(checkpoint="x.pth")).model.refiner.checkpoint == "x.pth"
     with pytest.raises(FileNotFoundError):
         build_test_config("mmdet::no/such_config.py")
+
+
+def test_wrapper_command_line_parses(capsys, monkeypatch):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["mmdet_test.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(os.path.dirname(CONFIGS), "..", "tools", "mmdet_test.py"), run_name="__main__")
+    assert exit_info.value.code == 2  # config and checkpoint are required
+    assert "the following arguments are required: config, checkpoint" in capsys.readouterr().err
