@@ -1,0 +1,71 @@
+"""The documented commands, as subprocesses: mmdet's own tools/test.py and our tools/mmdet_test.py on a
+config that inherits ours (as a user's would), with a plain detector checkpoint."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("mmdet") is None or importlib.util.find_spec("mmcv") is None:
+    pytest.skip("mmdet / mmcv not installed (bash tools/install_mmdet.sh)", allow_module_level=True)
+
+import torch  # noqa: E402
+from mmengine.runner import save_checkpoint  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
+from mmdet.utils import register_all_modules  # noqa: E402
+
+import refine_hooks.mmdet  # noqa: E402,F401
+
+from mmdet_test_utils import CONFIGS, REPO, TINY_REFINER, dataloader, runner_config  # noqa: E402
+
+
+def user_config(path, root, ann):
+    """A small config inheriting configs/mmdet/mask-rcnn_r50_fpn_1x_coco_refined.py."""
+    base = os.path.join(CONFIGS, "mask-rcnn_r50_fpn_1x_coco_refined.py")
+    loader = dict(dataloader(root, ann), _delete_=True)
+    text = f"""_base_ = {base!r}
+model = dict(backbone=dict(init_cfg=None),
+             roi_head=dict(bbox_head=dict(num_classes=2), mask_head=dict(num_classes=2)),
+             test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=50), rcnn=dict(score_thr=0.0, max_per_img=10)))
+test_dataloader = {loader!r}
+test_evaluator = dict(_delete_=True, type='CocoBoundaryMetric', ann_file={ann!r})
+custom_hooks = [dict(type='MaskRefinementHook', refiner={TINY_REFINER!r})]
+"""
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_mmdet_tools_test_and_our_wrapper(coco, tmp_path):
+    root, ann = coco
+    register_all_modules(init_default_scope=True)
+    cfg = runner_config("mask-rcnn_r50_fpn_1x_coco_refined.py", "mask_rcnn", root, ann, str(tmp_path / "w"))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    checkpoint = str(tmp_path / "mask_rcnn.pth")
+    save_checkpoint({"state_dict": model.state_dict(), "meta": {"seed": np.int64(0)}}, checkpoint)
+    config = user_config(str(tmp_path / "my_config.py"), root, ann)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    import mmdet
+
+    mmdet_test = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "tools", "test.py")
+    done = subprocess.run([sys.executable, mmdet_test, config, checkpoint, "--work-dir", str(tmp_path / "a")],
+                          env=env, capture_output=True, text=True, timeout=480, cwd=str(tmp_path))
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "MaskRefinementHook (test): refined" in log and "coco/boundary_mAP" in log
+
+    out = str(tmp_path / "metrics.json")
+    done = subprocess.run([sys.executable, os.path.join(REPO, "tools", "mmdet_test.py"), config, checkpoint,
+                           "--work-dir", str(tmp_path / "b"), "--keep-unrefined", "--out", out],
+                          env=env, capture_output=True, text=True, timeout=480, cwd=str(tmp_path))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    with open(out) as f:
+        metrics = json.load(f)
+    assert "coco/segm_mAP" in metrics and "coco/boundary_mAP" in metrics
