@@ -129,6 +129,7 @@ class PseudoLabelRefineHook(Hook):
         self.job_options = dict(job_options or {})
         self.dataset_index = dataset_index
         self.last_output: Optional[str] = None  # the last refined file written
+        self._image_dir = ""  # the unlabeled images (absolute), set by make_round
 
     # --------------------------------------------------------------------------- hook points
     def after_train_epoch(self, runner) -> None:
@@ -156,11 +157,16 @@ class PseudoLabelRefineHook(Hook):
         with open(dataset.ann_file) as f:
             unlabeled = json.load(f)
         cat_ids = mmdet_category_ids(unlabeled, dataset.metainfo.get("classes"))
-        annotations = self._predict(runner, dataloader, cat_ids)
-        gathered = all_gather_object(annotations)
+        self._image_dir = os.path.abspath(dataset.data_prefix.get("img", ""))
+        per_image = self._predict(runner, dataloader, cat_ids)
+        gathered = all_gather_object(per_image)
         if get_rank() == 0:
-            merged = [a for part in gathered for a in part]
-            merged.sort(key=lambda a: (a["image_id"], -a["score"]))
+            # Under DDP the sampler pads the last ranks with repeated images: keep one copy of each.
+            by_image: Dict[int, List[Dict[str, Any]]] = {}
+            for part in gathered:
+                for image_id, annotations in part.items():
+                    by_image.setdefault(image_id, annotations)
+            merged = [a for image_id in sorted(by_image) for a in sorted(by_image[image_id], key=lambda a: -a["score"])]
             for i, annotation in enumerate(merged, start=1):
                 annotation["id"] = i
             coarse = {"images": unlabeled["images"], "categories": unlabeled["categories"], "annotations": merged}
@@ -197,25 +203,29 @@ class PseudoLabelRefineHook(Hook):
         options.update(self.job_options)
         return JobOptions(**options)
 
-    def _predict(self, runner, dataloader, cat_ids: Sequence[int]) -> List[Dict[str, Any]]:
+    def _predict(self, runner, dataloader, cat_ids: Sequence[int]) -> Dict[int, List[Dict[str, Any]]]:
+        """This rank's annotations per image id (images without detections included)."""
         model = runner.model
         was_training = model.training
         model.eval()
-        annotations: List[Dict[str, Any]] = []
+        per_image: Dict[int, List[Dict[str, Any]]] = {}
         empty = 0
         try:
             with torch.no_grad():
                 for data in tqdm(dataloader, desc="pseudo labels: predicting", disable=get_rank() != 0):
                     outputs = model.test_step(data)
                     kept, n_empty = predictions_to_annotations(outputs, cat_ids, self.score_thr)
-                    annotations += kept
+                    for sample in outputs:
+                        per_image.setdefault(int(sample.img_id), [])
+                    for annotation in kept:
+                        per_image[annotation["image_id"]].append(annotation)
                     empty += n_empty
         finally:
             model.train(was_training)
         if empty:
             print_log(f"{type(self).__name__}: {empty} detections above the threshold have an empty mask and are "
                       "not pseudo labels", logger="current")
-        return annotations
+        return per_image
 
     # --------------------------------------------------------------------------- the next round
     def _use_for_training(self, runner, path: str) -> None:
@@ -225,7 +235,7 @@ class PseudoLabelRefineHook(Hook):
         cfg = copy.deepcopy(runner.cfg.train_dataloader)
         node = _dataset_node(cfg, self.dataset_index)
         node["ann_file"] = os.path.abspath(path)
-        node["data_prefix"] = dict(node.get("data_prefix") or {}, img=self._unlabeled_image_dir(runner))
+        node["data_prefix"] = dict(node.get("data_prefix") or {}, img=self._image_dir)
         loader = runner.build_dataloader(cfg, seed=runner.seed)
         loop = runner.train_loop
         loop.dataloader = loader
@@ -236,16 +246,11 @@ class PseudoLabelRefineHook(Hook):
         print_log(f"{type(self).__name__}: the train dataloader now reads {path} ({len(loader.dataset)} images)",
                   logger="current")
 
-    def _unlabeled_image_dir(self, runner) -> str:
-        dataset = runner.build_dataloader(copy.deepcopy(self.unlabeled_dataloader)).dataset
-        return os.path.abspath(dataset.data_prefix.get("img", ""))
-
     def _tell_next_round(self, runner, path: str) -> None:
         key = _node_key(runner.cfg.train_dataloader, self.dataset_index)
         config = getattr(runner.cfg, "filename", None) or "<your config>"
-        image_dir = self._unlabeled_image_dir(runner)
         command = (f"python tools/train.py {config} --cfg-options {key}.ann_file={os.path.abspath(path)} "
-                   f"{key}.data_prefix.img={image_dir}/")
+                   f"{key}.data_prefix.img={self._image_dir}/")
         if get_rank() == 0:
             with open(os.path.join(os.path.dirname(path), "next_round.txt"), "w") as f:
                 f.write(command + "\n")
