@@ -95,6 +95,7 @@ class MaskRefinementHook(Hook):
     def _wrap(self, runner, name: str) -> None:
         model = runner.model
         if self._wrapped.get(name) is model and name in model.__dict__:
+            self.stats = RefineStats()
             return  # a run that raised left the wrapper in place; keep using it
         inner = model.module if is_model_wrapper(model) else model
         if isinstance(inner, RefinedDetector):
