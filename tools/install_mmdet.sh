@@ -72,7 +72,7 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -c "$CONSTRAINT
 
 build_mmcv_wheel() {
     say "building mmcv $MMCV_VERSION from its PyPI sdist with C++ ops on CPU"
-    say "this takes about 15 minutes on 2 cores (longer on a busy machine)"
+    say "this takes 15-35 minutes on 2 cores (longer on a busy machine); the wheel is cached afterwards"
     local tools="$WORK/buildtools" src="$WORK/src"
     say "installing build tools (setuptools<70, wheel<0.46, ninja) into $tools (not into the environment)"
     "$PY" -m pip install --disable-pip-version-check -q --no-warn-conflicts --target "$tools" \
