@@ -91,7 +91,8 @@ class SamEngine:
         """
         height, width = image.shape[:2]
         input_size = resized_shape(height, width, self.image_size)
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
+        # np.require copies only arrays torch cannot wrap (read-only or non-contiguous).
+        pixels = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(self.device).permute(2, 0, 1)[None].float()
         pixels = F.interpolate(pixels, input_size, mode="bilinear", align_corners=False, antialias=True)
         return self.model.preprocess(pixels[0]), input_size
 
