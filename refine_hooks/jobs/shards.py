@@ -21,6 +21,8 @@ from typing import Any, Dict, Set
 from ..data.annotations import atomic_write
 
 MANIFEST = "manifest.json"
+# Manifest entries that may be switched from False to True on resume without changing finished chunks.
+SWITCH_ON_KEYS = frozenset({"options.skip_missing_images", "options.skip_invalid_records"})
 _CHUNK_PREFIX = "chunk-"
 
 
@@ -64,11 +66,16 @@ class WorkDir:
         if os.path.exists(self.manifest_path):
             with open(self.manifest_path) as handle:
                 existing = json.load(handle)
-            if existing != manifest and not self.done_chunks():
+            old, new = _flatten(existing), _flatten(manifest)
+            changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+            if changed and not self.done_chunks():
                 existing = None  # nothing was done under the old manifest: start afresh
-            elif existing != manifest:
-                old, new = _flatten(existing), _flatten(manifest)
-                changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+            elif changed and all(key in SWITCH_ON_KEYS and new.get(key) is True for key in changed):
+                # e.g. --skip-missing-images added after a run stopped at a truncated image: the chunks
+                # already written are what a run with the switch on writes (any problem in them would
+                # have stopped the run before they were written).
+                existing = None
+            elif changed:
                 raise WorkDirMismatchError(
                     f"{self.root} holds a half-done job with other inputs or options (changed: {', '.join(changed)}). "
                     "Rerun with the original input and options to finish it, or delete the directory to start over."
@@ -78,7 +85,7 @@ class WorkDir:
         elif self.done_chunks():
             raise WorkDirMismatchError(f"{self.root} has chunk files but no {MANIFEST}; delete the directory to start over")
         atomic_write(self.manifest_path, lambda handle: json.dump(manifest, handle, indent=1, sort_keys=True))
-        return False
+        return bool(self.done_chunks())
 
     def done_chunks(self) -> Set[int]:
         if not os.path.isdir(self.root):

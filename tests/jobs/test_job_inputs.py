@@ -92,7 +92,8 @@ def _first_image_with_annotations(data):
 @pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
 def test_missing_or_broken_image_stops_before_work_or_is_copied(coco_dataset, tiny_checkpoint, tmp_path, damage):
     data = coco_dataset["data"]
-    image = next(i for i in data["images"] if i["file_name"].endswith(".jpg") and any(a["image_id"] == i["id"] for a in data["annotations"]))
+    # the last JPEG with annotations: a truncated one is found after earlier chunks were written
+    image = [i for i in data["images"] if i["file_name"].endswith(".jpg") and any(a["image_id"] == i["id"] for a in data["annotations"])][-1]
     path = os.path.join(coco_dataset["images"], image["file_name"])
     if damage == "missing":
         os.remove(path)
@@ -110,12 +111,20 @@ def test_missing_or_broken_image_stops_before_work_or_is_copied(coco_dataset, ti
     with pytest.raises(error, match=image["file_name"]):  # workers: the error crosses the DataLoader
         refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], out, _options(tiny_checkpoint, workers=1))
     assert not os.path.exists(out)
+    chunks = [n for n in os.listdir(out + ".work") if n.startswith("chunk-")]
     if damage != "truncated":  # refused before any work: no chunk was written
-        assert not any(n.startswith("chunk-") for n in os.listdir(out + ".work"))
+        assert not chunks
+    else:  # found while decoding: the chunks before it are kept
+        assert chunks
 
-    # a refused run did no work, so the same output may be rerun with other options
+    # the same output, now skipping: a refused run did no work, and chunks finished before a truncated
+    # image are what a skipping run writes, so the job goes on; the file equals a fresh skipping run's
     summary = refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], out,
                                      _options(tiny_checkpoint, skip_missing_images=True))
+    fresh = str(tmp_path / "fresh.json")
+    refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], fresh, _options(tiny_checkpoint, skip_missing_images=True))
+    with open(out, "rb") as a, open(fresh, "rb") as b:
+        assert a.read() == b.read()
     result = _read(out)
     mine = [(b, a) for b, a in zip(data["annotations"], result["annotations"]) if b["image_id"] == image["id"]]
     assert mine and all(a[INFO_KEY]["status"] == "copied" and a[INFO_KEY]["reason"].startswith("image_unreadable") for _, a in mine)
