@@ -1,7 +1,10 @@
 """Distance-guided point prompts (SAMRefiner, Sec. 3.2).
 
-Distances are exact Euclidean distance transforms (OpenCV, ``DIST_MASK_PRECISE``) computed on each
-mask's box crop, so their cost follows the object's size, not the image's. The image border is not
+Distances are exact Euclidean distance transforms (SciPy's ``distance_transform_edt``: float64 square
+roots of integer squared distances, so equal distances tie exactly and "first in row-major order" is
+well defined) computed on each mask's box crop, so their cost follows the object's size, not the
+image's. OpenCV's ``distanceTransform(DIST_MASK_PRECISE)`` is faster but, in opencv-python 5.0, returns
+values that vary in the last float bits from call to call, which flips ties. The image border is not
 background: a mask touching it is as deep as its pixels are far from real background, as in the
 authors' code.
 """
@@ -11,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Tuple
 
-import cv2
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 
 @dataclasses.dataclass
@@ -20,7 +23,7 @@ class InteriorDistance:
     """Distance of each pixel of a mask's box crop to the nearest background pixel (0 on background).
 
     Attributes:
-        values: float32 ``h x w``, the crop ``[y1:y2+1, x1:x2+1]`` of the full-image distance map.
+        values: float64 ``h x w``, the crop ``[y1:y2+1, x1:x2+1]`` of the full-image distance map.
         origin: ``(x1, y1)`` of the crop in the image.
     """
 
@@ -48,7 +51,7 @@ def interior_distance(mask: np.ndarray, box: np.ndarray) -> InteriorDistance:
     pad_x2, pad_y2 = min(width - 1 - x2, 1), min(height - 1 - y2, 1)
     crop = np.zeros((y2 - y1 + 1 + pad_y1 + pad_y2, x2 - x1 + 1 + pad_x1 + pad_x2), dtype=np.uint8)
     crop[pad_y1 : pad_y1 + y2 - y1 + 1, pad_x1 : pad_x1 + x2 - x1 + 1] = mask[y1 : y2 + 1, x1 : x2 + 1]
-    distance = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    distance = distance_transform_edt(crop)
     values = distance[pad_y1 : pad_y1 + y2 - y1 + 1, pad_x1 : pad_x1 + x2 - x1 + 1]
     return InteriorDistance(values=np.ascontiguousarray(values), origin=(x1, y1))
 
@@ -64,8 +67,7 @@ def negative_point(mask: np.ndarray, box: np.ndarray) -> Optional[Tuple[int, int
     if x2 <= x1 or y2 <= y1:
         return None
     # All foreground lies in the inclusive box, so the crop gives exact full-image distances.
-    background = (~mask[y1 : y2 + 1, x1 : x2 + 1]).astype(np.uint8)
-    distance = cv2.distanceTransform(background, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[:-1, :-1]
+    distance = distance_transform_edt(~mask[y1 : y2 + 1, x1 : x2 + 1])[:-1, :-1]
     flat = int(np.argmax(distance))
     y, x = divmod(flat, distance.shape[1])
     if distance[y, x] <= 0:

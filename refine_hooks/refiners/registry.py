@@ -16,12 +16,13 @@ def build_samrefiner(
     device: str = "cpu",
     precision: str = "fp32",
     decoder_chunk_size: int = 64,
+    batch_invariant=None,
     download: bool = True,
     **hyper_parameters: Any,
 ) -> SAMRefiner:
     """A :class:`SAMRefiner` on a SAM built by :func:`refine_hooks.sam.build_sam_model`."""
     model = build_sam_model(model_type, checkpoint, download=download)
-    engine = SamEngine(model, device=device, precision=precision, decoder_chunk_size=decoder_chunk_size)
+    engine = SamEngine(model, device=device, precision=precision, decoder_chunk_size=decoder_chunk_size, batch_invariant=batch_invariant)
     return SAMRefiner(engine, **hyper_parameters)
 
 

@@ -51,9 +51,22 @@ class SamEngine:
         device: where the model runs (``cpu``, ``cuda``, ``cuda:1``...).
         precision: ``fp32``, or ``bf16``/``fp16`` autocast for the image encoder (the decoder stays fp32).
         decoder_chunk_size: prompt sets decoded per decoder call; bounds memory for images with many masks.
+        batch_invariant: decode one prompt set per decoder call so that a mask's result never depends
+            on which other masks share its batch. CPU GEMM kernels round differently for different
+            batch sizes (and the prompt encoder's mask convolution too), and the cascade can turn such
+            1e-7 differences into different pixels. Default: on for CPU (little cost there: the decoder's
+            work is per mask anyway), off for CUDA (batching is what makes the GPU fast).
     """
 
-    def __init__(self, model: torch.nn.Module, *, device: str = "cpu", precision: str = "fp32", decoder_chunk_size: int = 64):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        decoder_chunk_size: int = 64,
+        batch_invariant: Optional[bool] = None,
+    ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if decoder_chunk_size < 1:
@@ -62,12 +75,19 @@ class SamEngine:
         self.precision = precision
         self.decoder_chunk_size = decoder_chunk_size
         self.is_hq = hasattr(model.mask_decoder, "hf_token")
+        self.batch_invariant = batch_invariant
         self.to(device)
 
     def to(self, device) -> "SamEngine":
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
+
+    @property
+    def prompts_per_call(self) -> int:
+        """Prompt sets per decoder call: 1 when batch invariant, else ``decoder_chunk_size``."""
+        invariant = self.device.type == "cpu" if self.batch_invariant is None else self.batch_invariant
+        return 1 if invariant else self.decoder_chunk_size
 
     @property
     def image_size(self) -> int:
@@ -141,7 +161,7 @@ class SamEngine:
         mask_inputs: Optional[torch.Tensor] = None,
         multimask_output: bool = True,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Decode N prompt sets of one image, ``decoder_chunk_size`` at a time.
+        """Decode N prompt sets of one image, :attr:`prompts_per_call` at a time.
 
         Args:
             embedding: from :meth:`encode`.
@@ -156,8 +176,9 @@ class SamEngine:
         """
         count = next(t.shape[0] for t in (point_coords, boxes, mask_inputs) if t is not None)
         logits, ious = [], []
-        for start in range(0, count, self.decoder_chunk_size):
-            part = slice(start, start + self.decoder_chunk_size)
+        step = self.prompts_per_call
+        for start in range(0, count, step):
+            part = slice(start, start + step)
             points = None
             if point_coords is not None:
                 points = (self.scale_coords(point_coords[part], embedding).to(self.device), point_labels[part].to(self.device))

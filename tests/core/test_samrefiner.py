@@ -20,6 +20,25 @@ def test_refining_together_equals_one_by_one(tiny_sam, scene, chunk):
     np.testing.assert_allclose(together.iou_predictions, np.concatenate([r.iou_predictions for r in one_by_one]), rtol=1e-5)
 
 
+def test_repeated_calls_give_identical_masks(tiny_sam):
+    """Same inputs, same process, other allocations in between: bit-identical results (the prompts
+    tie-break on exact distances; decoding is batch invariant on CPU)."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((72, 96, 3)) * 60).astype(np.uint8)
+    yy, xx = np.mgrid[:72, :96]
+    masks = np.stack([(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1) & (rng.random((72, 96)) > 0.05)
+                      for cy, cx, ry, rx in [(30, 40, 15, 20), (50, 60, 10, 25), (20, 70, 12, 12)]])
+    refiner = _refiner(tiny_sam, iterations=5)
+    first = refiner.refine(image, masks)
+    for size in (1000, 3333, 77777):
+        _ = [np.empty(size) for _ in range(10)]
+        again = refiner.refine(image, masks)
+        np.testing.assert_array_equal(again.masks, first.masks)
+        np.testing.assert_array_equal(again.iou_predictions, first.iou_predictions)
+    alone = np.concatenate([refiner.refine(image, masks[i : i + 1]).masks for i in range(3)])
+    np.testing.assert_array_equal(alone, first.masks)
+
+
 def test_refine_batch_equals_refine_per_image(tiny_sam, scene):
     image, masks = scene
     flipped = np.ascontiguousarray(image[:, ::-1])

@@ -15,11 +15,9 @@ from refine_hooks.jobs.worker import INFO_KEY
 from refine_hooks.refiners import build_refiner
 
 
-# With the random tiny SAM, SAMRefiner's Gaussian mask prompt turns float noise at the 1e-7 level (it
-# varies from call to call on CPU with memory alignment: MALLOC_PERTURB_ changes it) into different
-# masks; reported to the refiner's owner. Tests that compare outputs byte for byte switch that prompt
-# off so that they test the job, not the refiner's numerics.
-REFINER_KWARGS = {"use_mask": False}
+# The refiner's defaults (all prompts on): its results are bit-reproducible on CPU and independent of
+# how masks are grouped into calls, which the byte-for-byte comparisons below rely on.
+REFINER_KWARGS = {}
 
 
 def _options(checkpoint: str, **overrides) -> JobOptions:

@@ -14,7 +14,7 @@ from refine_hooks.data.masks import mask_to_xywh, segmentation_to_mask
 from refine_hooks.jobs import JobInputError, JobOptions, RefinerUnavailableError, refine_annotation_file
 from refine_hooks.jobs.worker import INFO_KEY
 
-REFINER_KWARGS = {"use_mask": False}  # see test_job_end_to_end.py
+REFINER_KWARGS = {}
 
 
 def _options(checkpoint, **overrides):
