@@ -96,9 +96,9 @@ def make_demo_data(out_dir: Path, num_images: int = 3, seed: int = 0, height: in
                         "score": 1.0,
                     }
                 )
-    for name, annotations in (("ground_truth.json", truth), ("coarse.json", coarse)):
+    for name, records in (("ground_truth.json", truth), ("coarse.json", coarse)):
         with open(out_dir / name, "w") as f:
-            json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
+            json.dump({"images": images, "annotations": records, "categories": CATEGORIES}, f)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO, BoundaryIoUTable
-from refine_hooks.evaluation.results import EvaluationResult, boundary_note, prepare_mask_results
+from refine_hooks.evaluation.results import EvaluationResult, ap_by_category, boundary_note, prepare_mask_results
 
 IOU_TYPES = ("segm", "boundary")
 
@@ -144,13 +144,7 @@ def summarize_coco(E: COCOeval) -> Tuple[Dict[str, float], str]:
 
 def per_category_ap(E: COCOeval) -> Dict[str, float]:
     """AP@[.5:.95] per category name (area all, largest maxDets); -1 where the category has no GT."""
-    precision = E.eval["precision"][:, :, :, 0, -1]  # T x R x K
-    names = {c["id"]: c.get("name", str(c["id"])) for c in E.cocoGt.dataset.get("categories", [])}
-    out = {}
-    for k, cat_id in enumerate(E.params.catIds):
-        s = precision[:, :, k]
-        out[names.get(cat_id, str(cat_id))] = float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
-    return out
+    return ap_by_category(E.eval["precision"][:, :, :, 0, -1], E.params.catIds, E.cocoGt.dataset.get("categories", []))
 
 
 def evaluate_coco(

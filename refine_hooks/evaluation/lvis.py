@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO, BoundaryIoUTable
-from refine_hooks.evaluation.results import EvaluationResult, boundary_note, prepare_mask_results
+from refine_hooks.evaluation.results import EvaluationResult, ap_by_category, boundary_note, prepare_mask_results
 
 
 class _NumpyWithFloat(types.ModuleType):
@@ -131,13 +131,7 @@ def _lvis_table(E: LVISEval) -> str:
 
 
 def _per_category(E: LVISEval) -> Dict[str, float]:
-    precision = E.eval["precision"][:, :, :, 0]  # T x R x K (area all)
-    names = {c["id"]: c.get("name", str(c["id"])) for c in E.lvis_gt.dataset["categories"]}
-    out = {}
-    for k, cat_id in enumerate(E.params.cat_ids):
-        s = precision[:, :, k]
-        out[names.get(cat_id, str(cat_id))] = float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
-    return out
+    return ap_by_category(E.eval["precision"][:, :, :, 0], E.params.cat_ids, E.lvis_gt.dataset["categories"])
 
 
 def evaluate_lvis(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 from refine_hooks.data.masks import segmentation_to_rle
 
 BOX_NOTE = ("boxes dropped from the predictions: for segm and boundary the area ranges (small/medium/large) "
@@ -118,3 +120,22 @@ def format_comparison(a: Mapping[str, float], b: Mapping[str, float], names: Tup
         delta = f"{100 * (vb - va):+7.2f}" if va is not None and vb is not None and va >= 0 and vb >= 0 else f"{'':>7}"
         lines.append(f"{k:<{width}}  {fa}  {fb}  {delta}")
     return "\n".join(lines)
+
+
+def ap_by_category(precision: np.ndarray, cat_ids: Sequence[int], categories: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
+    """AP averaged over IoU thresholds and recall points, per category name.
+
+    Args:
+        precision: float ``T x R x K`` slice of an evaluator's ``eval["precision"]`` (one area range and
+            max-detections setting), -1 where undefined.
+        cat_ids: the K category ids in the evaluator's order; ``categories``: the dataset's entries.
+
+    Returns:
+        category name -> AP, -1 where the category has no ground truth.
+    """
+    names = {c["id"]: c.get("name", str(c["id"])) for c in categories}
+    out = {}
+    for k, cat_id in enumerate(cat_ids):
+        values = precision[:, :, k]
+        out[names.get(cat_id, str(cat_id))] = float(np.mean(values[values > -1])) if (values > -1).any() else -1.0
+    return out

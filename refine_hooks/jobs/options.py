@@ -110,10 +110,7 @@ class JobOptions:
         }
 
 
-def file_sha256(path: str, block_size: int = 1 << 22) -> str:
+def file_sha256(path: str) -> str:
     """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(block_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()

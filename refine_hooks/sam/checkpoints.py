@@ -26,12 +26,9 @@ def cache_dir() -> Path:
     return Path(root) / "checkpoints"
 
 
-def file_md5(path: Path, block_size: int = 1 << 22) -> str:
-    digest = hashlib.md5()
+def file_md5(path: Path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(block_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def ensure_checkpoint(spec: ModelSpec, *, download: bool = True) -> Path:
