@@ -214,3 +214,16 @@ def test_should_merge_rule_on_numbers():
     assert should_merge((0, 0, 9, 9), 100, 100, (11, 0, 20, 9), 100, 100)
     # Far apart diagonally: boxes cover a small part of the merged box.
     assert not should_merge((0, 0, 9, 9), 100, 100, (90, 90, 99, 99), 100, 100)
+
+
+def test_euclidean_distance_is_bit_identical_to_scipy_and_repeatable():
+    from refine_hooks.prompts.points import euclidean_distance
+
+    rng = np.random.default_rng(3)
+    solid = np.ones((700, 900), dtype=bool)
+    solid[0, 0] = False  # distances up to ~1140: past OpenCV's exact range, so the SciPy path runs too
+    speckled = [rng.random(shape) > 0.02 for shape in [(64, 80), (300, 17), (480, 640)]]  # many ties
+    for mask in speckled + [solid[:480, :640], solid]:
+        reference = distance_transform_edt(mask)
+        for _ in range(5):
+            np.testing.assert_array_equal(euclidean_distance(mask), reference)
