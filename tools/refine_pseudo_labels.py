@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--min-area", type=int, default=0, help="masks with fewer pixels are passed through")
     job.add_argument("--max-masks-per-batch", type=int, default=64, help="masks per refiner call (bounds memory)")
     job.add_argument("--images-per-batch", type=int, default=4, help="images per refiner call at most")
-    job.add_argument("--workers", type=int, default=4, help="DataLoader workers decoding images and masks")
+    job.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                     help="DataLoader workers decoding images and masks (default: min(4, CPU cores))")
     job.add_argument("--limit", type=int, default=None, help="only the first N images (output holds only those)")
     job.add_argument("--skip-missing-images", action="store_true",
                      help="copy records of missing/unreadable images instead of stopping before any work")
