@@ -41,7 +41,14 @@ def test_ddp_two_ranks_match_one_process(coco, tmp_path):
     checkpoint = str(tmp_path / "model.pth")
     save_checkpoint({"state_dict": model.state_dict()}, checkpoint)
     cfg.load_from = checkpoint
-    single = Runner.from_cfg(cfg).test()
+    # The ranks run with one intra-op thread each; CPU kernels can round differently with another
+    # thread count, so the reference run uses one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = Runner.from_cfg(cfg).test()
+    finally:
+        torch.set_num_threads(threads)
 
     out = tmp_path / "ranks"
     out.mkdir()
