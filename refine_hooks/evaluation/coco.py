@@ -19,9 +19,15 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO, BoundaryIoUTable
-from refine_hooks.evaluation.results import EvaluationResult, ap_by_category, boundary_note, prepare_mask_results
+from refine_hooks.evaluation.results import (
+    IOU_TYPES,
+    EvaluationResult,
+    ap_by_category,
+    boundary_note,
+    checked_iou_types,
+    prepare_mask_results,
+)
 
-IOU_TYPES = ("segm", "boundary")
 
 
 def quiet():
@@ -181,12 +187,7 @@ def evaluate_coco(
         :class:`EvaluationResult`: ``{"segm/AP": 0.41, ..., "boundary/AP": ...}`` (pycocotools' scale,
         -1 where a bucket has no ground truth), with ``.tables``, ``.per_category``, ``.notes``, ``.timings``.
     """
-    iou_types = [iou_types] if isinstance(iou_types, str) else list(iou_types)
-    if max_dets < 1:
-        raise ValueError(f"max_dets must be at least 1, got {max_dets}")
-    unknown = [t for t in iou_types if t not in IOU_TYPES]
-    if unknown:
-        raise ValueError(f"unsupported iou type(s) {unknown}; choose from {IOU_TYPES}")
+    iou_types = checked_iou_types(iou_types, max_dets)
     coco_gt = as_coco(gt)
     if isinstance(predictions, str):
         from refine_hooks.data.predictions import load_predictions

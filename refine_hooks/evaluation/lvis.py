@@ -22,7 +22,14 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO, BoundaryIoUTable
-from refine_hooks.evaluation.results import EvaluationResult, ap_by_category, boundary_note, prepare_mask_results
+from refine_hooks.evaluation.results import (
+    IOU_TYPES,
+    EvaluationResult,
+    ap_by_category,
+    boundary_note,
+    checked_iou_types,
+    prepare_mask_results,
+)
 
 
 class _NumpyWithFloat(types.ModuleType):
@@ -45,7 +52,6 @@ _numpy_compat()
 
 from lvis import LVIS, LVISEval, LVISResults  # noqa: E402  (after the shim, on purpose)
 
-IOU_TYPES = ("segm", "boundary")
 LVIS_MAX_DETS = 300
 
 
@@ -154,12 +160,7 @@ def evaluate_lvis(
     (``gt`` must carry LVIS fields); metrics ``"<type>/AP"``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``,
     ``APr``, ``APc``, ``APf``, ``AR@<max_dets>``, ``ARs@..``, ``ARm@..``, ``ARl@..``.
     """
-    iou_types = [iou_types] if isinstance(iou_types, str) else list(iou_types)
-    if max_dets < 1:
-        raise ValueError(f"max_dets must be at least 1, got {max_dets}")
-    unknown = [t for t in iou_types if t not in IOU_TYPES]
-    if unknown:
-        raise ValueError(f"unsupported iou type(s) {unknown}; choose from {IOU_TYPES}")
+    iou_types = checked_iou_types(iou_types, max_dets)
     lvis_gt = as_lvis(gt)
     if isinstance(predictions, str):
         from refine_hooks.data.predictions import load_predictions

@@ -8,6 +8,8 @@ import numpy as np
 
 from refine_hooks.data.masks import segmentation_to_rle
 
+IOU_TYPES = ("segm", "boundary")
+
 BOX_NOTE = ("boxes dropped from the predictions: for segm and boundary the area ranges (small/medium/large) "
             "use each detection's mask area, not its box area")
 
@@ -139,3 +141,14 @@ def ap_by_category(precision: np.ndarray, cat_ids: Sequence[int], categories: Se
         values = precision[:, :, k]
         out[names.get(cat_id, str(cat_id))] = float(np.mean(values[values > -1])) if (values > -1).any() else -1.0
     return out
+
+
+def checked_iou_types(iou_types, max_dets: int) -> List[str]:
+    """The evaluators' common argument checks: ``iou_types`` as a list of supported names."""
+    iou_types = [iou_types] if isinstance(iou_types, str) else list(iou_types)
+    if max_dets < 1:
+        raise ValueError(f"max_dets must be at least 1, got {max_dets}")
+    unknown = [t for t in iou_types if t not in IOU_TYPES]
+    if unknown:
+        raise ValueError(f"unsupported iou type(s) {unknown}; choose from {IOU_TYPES}")
+    return iou_types
