@@ -17,6 +17,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from refine_hooks.data.images import ImageReadError
+from refine_hooks.sam import CheckpointUnavailableError
 from refine_hooks.jobs import (
     JobInputError,
     JobOptions,
@@ -133,7 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (JobInputError, ImageReadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (WorkDirMismatchError, RefinerUnavailableError) as error:
+    except (WorkDirMismatchError, RefinerUnavailableError, CheckpointUnavailableError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
     if summary.complete:
