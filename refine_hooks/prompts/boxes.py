@@ -32,10 +32,11 @@ class EmbeddingSimilarity:
     Args:
         features: float ``1 x C x h x w`` image embedding.
         original_size: ``(H, W)`` of the image.
-        channel_chunk: channels resized at once when computing the norm (bounds memory).
+        max_floats: bound on the temporary ``channels x H x W`` floats resized at once when computing the
+            norm (a 6000x4000 image takes one channel at a time).
     """
 
-    def __init__(self, features: torch.Tensor, original_size: Tuple[int, int], channel_chunk: int = 16):
+    def __init__(self, features: torch.Tensor, original_size: Tuple[int, int], max_floats: int = 1 << 25):
         height, width = original_size
         embed_h, embed_w = features.shape[-2:]
         # The authors' valid-area rule (int truncation), also used for the mask's query embedding.
@@ -46,6 +47,7 @@ class EmbeddingSimilarity:
         self.valid_features = features[0, :, : valid[0], : valid[1]].float()  # C x hv x wv
         self.original_size = (height, width)
         squared = torch.zeros(original_size, dtype=torch.float32, device=features.device)
+        channel_chunk = max(1, max_floats // (height * width))
         for start in range(0, self.valid_features.shape[0], channel_chunk):
             part = self.valid_features[None, start : start + channel_chunk]
             squared += F.interpolate(part, original_size, mode="bilinear", align_corners=False)[0].pow(2).sum(0)

@@ -176,8 +176,10 @@ class SAMRefiner(Refiner):
         height, width = embedding.original_size
         similarity = None
         if self.use_box and margin > 0:
-            with self.timer("mine"):
-                similarity = EmbeddingSimilarity(embedding.features, embedding.original_size)
+            if "similarity" not in embedding.cache:  # once per image, whatever the number of mask groups
+                with self.timer("mine"):
+                    embedding.cache["similarity"] = EmbeddingSimilarity(embedding.features, embedding.original_size)
+            similarity = embedding.cache["similarity"]
         chunk = max(1, min(self.engine.decoder_chunk_size, self.max_chunk_pixels // (height * width)))
         for start in range(0, todo.size, chunk):
             indices = todo[start : start + chunk]

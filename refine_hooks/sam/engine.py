@@ -28,13 +28,15 @@ class ImageEmbedding:
         original_size: ``(H, W)`` of the image.
         input_size: ``(h', w')`` of the image resized so that its longest side is the encoder size.
         interm_features: HQ-SAM's early-layer features (``1 x h x w x C'``), None for SAM.
+        cache: what is derived from the image once and reused by every mask group and iteration
+            (frame maps, the elastic box's similarity norms).
     """
 
     features: torch.Tensor
     original_size: Tuple[int, int]
     input_size: Tuple[int, int]
     interm_features: Optional[torch.Tensor] = None
-    frames: Dict[str, Tuple[AxisMap, AxisMap]] = dataclasses.field(default_factory=dict, repr=False)
+    cache: Dict[str, object] = dataclasses.field(default_factory=dict, repr=False)  # per-image derived data
 
 
 def resized_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
@@ -205,19 +207,19 @@ class SamEngine:
     # ------------------------------------------------------------------ frames
     def mask_input_frame(self, embedding: ImageEmbedding) -> Tuple[AxisMap, AxisMap]:
         """The original -> mask-input chain of this image (cached on the embedding)."""
-        if "mask_input" not in embedding.frames:
-            embedding.frames["mask_input"] = to_mask_input(
+        if "mask_input" not in embedding.cache:
+            embedding.cache["mask_input"] = to_mask_input(
                 embedding.original_size, embedding.input_size, self.image_size, self.mask_input_size, self.device
             )
-        return embedding.frames["mask_input"]
+        return embedding.cache["mask_input"]
 
     def low_res_frame(self, embedding: ImageEmbedding) -> Tuple[AxisMap, AxisMap]:
         """The low-res logits -> original chain of this image (cached on the embedding)."""
-        if "low_res" not in embedding.frames:
-            embedding.frames["low_res"] = from_low_res(
+        if "low_res" not in embedding.cache:
+            embedding.cache["low_res"] = from_low_res(
                 embedding.original_size, embedding.input_size, self.image_size, self.mask_input_size, self.device
             )
-        return embedding.frames["low_res"]
+        return embedding.cache["low_res"]
 
     # ------------------------------------------------------------------ postprocess
     def upsample_masks(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> np.ndarray:
