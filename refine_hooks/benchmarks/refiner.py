@@ -2,12 +2,17 @@
 
     python tools/benchmark.py refiner --model-type vit_b --image-size 480x640 --masks 50
 
-Weights are random (cost does not depend on them), so no checkpoint is needed.
+Weights are random (cost does not depend on them), so no checkpoint is needed. Besides seconds, it counts
+the floating-point work of one encoder pass and of one decoder pass (torch's ``FlopCounterMode`` on a
+copy of the model made of meta tensors, so counting costs no compute) and the decoder passes the refiner
+made: ``decoder_gflop_total / encoder_gflop`` says how much of the encoder's work the masks add, whatever
+the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import time
@@ -16,6 +21,7 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..refiners import SAMRefiner
 from ..sam import SamEngine, build_random_sam
@@ -40,6 +46,50 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def pass_gflop(model: torch.nn.Module) -> Dict[str, float]:
+    """GFLOP of one image-encoder pass and of one decoder pass (prompt encoder + mask decoder).
+
+    The decoder pass decodes one prompt set with every prompt type the refiner uses (two points, a box
+    and a dense mask), with multimask output. The image encoder and the mask decoder are counted on a
+    copy made of meta tensors (nothing is computed); the prompt encoder indexes by label, which meta
+    tensors cannot do, so it runs for real on one small prompt set.
+    """
+    meta = copy.deepcopy(model).to("meta").eval()
+    size = meta.image_encoder.img_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        encoded = meta.image_encoder(torch.zeros(1, 3, size, size, device="meta"))
+    encoder = counter.get_total_flops()
+    features, interm = encoded if isinstance(encoded, tuple) else (encoded, None)
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        sparse, dense = model.prompt_encoder(
+            points=(torch.zeros(1, 2, 2, device=device), torch.tensor([[1, 0]], device=device)),
+            boxes=torch.zeros(1, 4, device=device),
+            masks=torch.zeros(1, 1, *model.prompt_encoder.mask_input_size, device=device),
+        )
+        kwargs = dict(image_embeddings=features, image_pe=meta.prompt_encoder.get_dense_pe(),
+                      sparse_prompt_embeddings=sparse.to("meta"), dense_prompt_embeddings=dense.to("meta"),
+                      multimask_output=True)
+        if hasattr(meta.mask_decoder, "hf_token"):
+            kwargs.update(hq_token_only=False, interm_embeddings=interm)
+        meta.mask_decoder(**kwargs)
+    return {"encoder_gflop": encoder / 1e9, "decoder_pass_gflop": counter.get_total_flops() / 1e9}
+
+
+def count_decoder_passes(model: torch.nn.Module):
+    """Count the prompt sets the model's mask decoder decodes from now on.
+
+    Returns a one-element list holding the count, and the hook handle (``.remove()`` stops counting).
+    """
+    passes = [0]
+
+    def count(_module, _args, kwargs):
+        passes[0] += int(kwargs["sparse_prompt_embeddings"].shape[0])
+
+    handle = model.mask_decoder.register_forward_pre_hook(count, with_kwargs=True)
+    return passes, handle
+
+
 def run(model_type: str, height: int, width: int, num_masks: int, *, iterations: int = 5, device: str = "cpu",
         precision: str = "fp32", decoder_chunk_size: int = 64, repeats: int = 1) -> Dict[str, float]:
     """Refine one generated image ``repeats`` times; seconds per stage are per image (mean)."""
@@ -50,12 +100,16 @@ def run(model_type: str, height: int, width: int, num_masks: int, *, iterations:
     image, masks = generate_scene(height, width, num_masks)
     refiner.refine(image, masks[:1])  # warm-up: first-call allocations and kernel selection
     timer.seconds.clear()
+    work = pass_gflop(engine.model)  # before the pass counter: a deep copy would carry its hook
+    decoder_passes, counting = count_decoder_passes(engine.model)
     start = time.perf_counter()
     for _ in range(repeats):
         refiner.refine(image, masks)
     total = (time.perf_counter() - start) / repeats
     stages = {stage: seconds / repeats for stage, seconds in timer.seconds.items()}
     outside_encoder = total - stages.get("encode", 0.0)
+    counting.remove()
+    passes = decoder_passes[0] / repeats
     return {
         "model_type": model_type,
         "image_size": f"{height}x{width}",
@@ -67,6 +121,10 @@ def run(model_type: str, height: int, width: int, num_masks: int, *, iterations:
         "total_s": round(total, 4),
         "outside_encoder_s": round(outside_encoder, 4),
         "masks_per_s": round(num_masks / total, 2),
+        "encoder_gflop": round(work["encoder_gflop"], 2),
+        "decoder_pass_gflop": round(work["decoder_pass_gflop"], 4),
+        "decoder_passes": passes,
+        "decoder_gflop_total": round(passes * work["decoder_pass_gflop"], 2),
         "peak_memory_mb": round(peak_memory_mb(torch.device(device)), 1),
         "torch_threads": torch.get_num_threads(),
     }
