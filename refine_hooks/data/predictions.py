@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from refine_hooks.data.masks import mask_to_xywh, rle_encode
+from refine_hooks.data.masks import mask_to_xywh, rle_encode, rle_encode_many
 
 GroundTruth = Union[str, Dict[str, Any], Any]  # path, loaded dict, pycocotools COCO or lvis LVIS
 
@@ -210,3 +210,28 @@ def read_mmdet_pickle(path: str, gt: Dict[str, Any], *, classes: Optional[Sequen
             out.append(_result(path, f"sample #{i} instance {j}", image_id, cat_ids[label], scores[j],
                                segmentation, bbox))
     return out
+
+
+def masks_to_results(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, image_id: Any,
+                     category_ids: Sequence[int]) -> List[Dict[str, Any]]:
+    """COCO result records of one image's predictions (for the framework adapters' metrics).
+
+    Args:
+        masks: bool ``N x H x W``.
+        scores: float ``N``.
+        labels: int ``N``, the framework's contiguous labels ``0..K-1``.
+        category_ids: the dataset category id of each label.
+
+    Returns:
+        ``N`` dicts with ``image_id``, ``category_id``, ``score``, ``segmentation`` (RLE, str counts)
+        and ``bbox`` (the mask's COCO box).
+    """
+    records = []
+    for j, rle in enumerate(rle_encode_many(masks)):
+        label = int(labels[j])
+        if not 0 <= label < len(category_ids):
+            raise ValueError(f"image {image_id}: predicted label {label} outside 0..{len(category_ids) - 1}, "
+                             "the dataset's categories")
+        records.append({"image_id": image_id, "category_id": int(category_ids[label]), "score": float(scores[j]),
+                        "segmentation": rle, "bbox": mask_to_xywh(masks[j])})
+    return records

@@ -19,8 +19,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from mmdet.registry import METRICS
 
-from refine_hooks.data.masks import mask_to_xywh, rle_encode_many
-from refine_hooks.data.predictions import mmdet_category_ids
+from refine_hooks.data.predictions import masks_to_results, mmdet_category_ids
 from refine_hooks.evaluation import evaluate_coco, evaluate_lvis
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO
 
@@ -40,16 +39,7 @@ def sample_to_results(sample: Dict[str, Any], cat_ids: Sequence[int]) -> List[Di
     masks = masks_to_bool(pred["masks"])
     scores = pred["scores"].detach().float().cpu().numpy()
     labels = pred["labels"].detach().cpu().numpy()
-    image_id = int(sample["img_id"])
-    out = []
-    for j, rle in enumerate(rle_encode_many(masks)):
-        label = int(labels[j])
-        if not 0 <= label < len(cat_ids):
-            raise ValueError(f"image {image_id}: predicted label {label} outside 0..{len(cat_ids) - 1}, the "
-                             "categories of the annotation file that the dataset's classes name")
-        out.append({"image_id": image_id, "category_id": int(cat_ids[label]), "score": float(scores[j]),
-                    "segmentation": rle, "bbox": mask_to_xywh(masks[j])})
-    return out
+    return masks_to_results(masks, scores, labels, int(sample["img_id"]), cat_ids)
 
 
 class _BoundaryMetric(BaseMetric):

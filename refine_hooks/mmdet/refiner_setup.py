@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from mmengine.logging import print_log
 
-from refine_hooks.refiners import Refiner, build_refiner
+from refine_hooks.refiners import Refiner, registry
+from refine_hooks.refiners.registry import RefinerSpec, module_device  # noqa: F401 (used by the hook and model)
 
 from .images import CHANNEL_ORDERS, IMAGE_SOURCES, SOURCE_INPUTS, SOURCE_PATH, image_from_path, image_from_tensor
 from .predictions import ImageGetter, RefineStats
-
-RefinerSpec = Union[Mapping[str, Any], Refiner]
 
 
 def check_options(image_source: str, input_channel_order: str) -> None:
@@ -23,35 +22,9 @@ def check_options(image_source: str, input_channel_order: str) -> None:
         raise ValueError(f"input_channel_order must be one of {CHANNEL_ORDERS}, got {input_channel_order!r}")
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device of a model's first parameter or buffer (cpu for a model without either)."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def build_on_device(spec: RefinerSpec, device: torch.device, owner: str) -> Refiner:
-    """A refiner from a config dict (``build_refiner``) or an instance, moved to ``device``.
-
-    The refiner runs where the detector runs: a ``device`` in the config is replaced (and said so).
-    """
-    if isinstance(spec, Refiner):
-        refiner = spec
-    elif isinstance(spec, Mapping):
-        config = dict(spec)
-        asked = config.get("device")
-        if asked is not None and torch.device(asked) != device:
-            print_log(f"{owner}: the refiner config asks for device {asked!r}; it runs on the detector's "
-                      f"device {device} instead", logger="current")
-        config["device"] = str(device)
-        refiner = build_refiner(config)
-    else:
-        raise TypeError(f"{owner}: refiner must be a config dict or a Refiner, got {type(spec).__name__}")
-    if hasattr(refiner, "to"):
-        refiner.to(device)
-    return refiner
+    """:func:`refine_hooks.refiners.registry.build_on_device`, logging through mmengine."""
+    return registry.build_on_device(spec, device, owner, log=lambda message: print_log(message, logger="current"))
 
 
 def image_getter(

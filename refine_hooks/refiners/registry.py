@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Union
+
+import torch
 
 from ..sam import SamEngine, build_sam_model
 from .base import Refiner
@@ -36,3 +38,37 @@ def build_refiner(config: Mapping[str, Any]) -> Refiner:
     if kind not in REFINER_BUILDERS:
         raise KeyError(f"unknown refiner type {kind!r}; available: {', '.join(REFINER_BUILDERS)}")
     return REFINER_BUILDERS[kind](**config)
+
+
+RefinerSpec = Union[Mapping[str, Any], Refiner]
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (cpu for a model without either)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def build_on_device(spec: RefinerSpec, device: torch.device, owner: str, log: Callable[[str], None] = print) -> Refiner:
+    """A refiner from a config dict (:func:`build_refiner`) or an instance, moved to ``device``.
+
+    For the framework adapters: the refiner runs where the detector runs, so a ``device`` in the config
+    is replaced, and ``log`` says so. ``owner`` names the caller in messages.
+    """
+    if isinstance(spec, Refiner):
+        refiner = spec
+    elif isinstance(spec, Mapping):
+        config = dict(spec)
+        asked = config.get("device")
+        if asked is not None and torch.device(asked) != device:
+            log(f"{owner}: the refiner config asks for device {asked!r}; it runs on the detector's device {device} instead")
+        config["device"] = str(device)
+        refiner = build_refiner(config)
+    else:
+        raise TypeError(f"{owner}: refiner must be a config dict or a Refiner, got {type(spec).__name__}")
+    if hasattr(refiner, "to"):
+        refiner.to(device)
+    return refiner
