@@ -1,0 +1,34 @@
+"""Detectron2 adapter: registry entries and small classes, no algorithm.
+
+- :func:`add_refiner_config` adds ``cfg.MODEL.REFINER``; ``MODEL.META_ARCHITECTURE: "RefinedMetaArch"``
+  then refines the masks of the meta-architecture named in ``MODEL.REFINER.BASE_META_ARCHITECTURE``
+  (``GeneralizedRCNN`` by default) at inference; :func:`with_refiner` does the same for LazyConfig models.
+- :class:`COCOBoundaryEvaluator` / :class:`LVISBoundaryEvaluator`: mask AP and Boundary AP as
+  ``DatasetEvaluator`` s.
+
+Detectron2 is not on PyPI: install it from source (https://detectron2.readthedocs.io/en/latest/tutorials/install.html).
+"""
+
+try:
+    import detectron2  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "refine_hooks.detectron2 needs Detectron2, which is not on PyPI: install it from source, e.g. "
+        "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'` "
+        "(see https://detectron2.readthedocs.io/en/latest/tutorials/install.html)"
+    ) from error
+
+from .config import add_refiner_config, refinement_options_from_config  # noqa: E402
+from .evaluation import COCOBoundaryEvaluator, LVISBoundaryEvaluator  # noqa: E402
+from .meta_arch import RefinedMetaArch, RefinementOptions, refined_meta_arch, with_refiner  # noqa: E402
+
+__all__ = [
+    "COCOBoundaryEvaluator",
+    "LVISBoundaryEvaluator",
+    "RefinedMetaArch",
+    "RefinementOptions",
+    "add_refiner_config",
+    "refined_meta_arch",
+    "refinement_options_from_config",
+    "with_refiner",
+]

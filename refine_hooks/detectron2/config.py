@@ -1,0 +1,84 @@
+"""``add_refiner_config``: the ``MODEL.REFINER`` keys, as Detectron2 projects add theirs.
+
+    cfg = get_cfg()
+    add_refiner_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"))
+    cfg.MODEL.META_ARCHITECTURE = "RefinedMetaArch"      # the one line that adds refinement
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from detectron2.config import CfgNode as CN
+
+from refine_hooks.refiners import SAMRefiner
+
+BOXES_MODES = {"auto": None, "all": True, "empty": False}
+
+# SAMRefiner arguments that are not hyper-parameters of the method.
+_NOT_HYPER_PARAMETERS = {"self", "engine", "timer", "encoder_batch_size"}
+
+
+def samrefiner_hyper_parameters():
+    """``{name: default}`` of SAMRefiner's constructor, read from its signature so they never diverge."""
+    return {name: parameter.default for name, parameter in inspect.signature(SAMRefiner.__init__).parameters.items()
+            if name not in _NOT_HYPER_PARAMETERS and parameter.default is not inspect.Parameter.empty}
+
+
+def add_refiner_config(cfg: CN) -> None:
+    """Add ``cfg.MODEL.REFINER`` with the defaults below (idempotent).
+
+    ``MODEL.REFINER``:
+        BASE_META_ARCHITECTURE: the meta-architecture whose masks ``RefinedMetaArch`` refines.
+        TYPE: refiner type (``SAMRefiner``).
+        MODEL_TYPE: SAM variant from :mod:`refine_hooks.sam.registry` (``vit_h``, ``vit_b``, ``sam_hq_vit_h``...).
+        CHECKPOINT: SAM checkpoint path; empty: the official checkpoint, downloaded once into the cache.
+        PRECISION: ``fp32``, ``bf16`` or ``fp16`` autocast for SAM's image encoder.
+        DECODER_CHUNK_SIZE: prompt sets per SAM decoder call.
+        SCORE_THRESH: refine detections with at least this score; the others keep their masks.
+        KEEP_UNREFINED: also keep the detector's masks as ``instances.unrefined_masks``.
+        BOXES_FROM_REFINED_MASKS: ``auto`` (boxes derived from masks or empty follow the refined mask,
+            box-head boxes stay), ``all`` or ``empty``.
+        IMAGE_SOURCE: ``auto`` (read ``file_name``, else rebuild from the batch's ``image``),
+            ``file_name`` or ``inputs``.
+        SAMREFINER: SAMRefiner's hyper-parameters (``ITERATIONS``, ``USE_BOX``, ``MARGIN``, ``GAMMA``...),
+            defaults from :class:`refine_hooks.refiners.SAMRefiner`.
+    """
+    if "REFINER" in cfg.MODEL:
+        return
+    node = CN()
+    node.BASE_META_ARCHITECTURE = "GeneralizedRCNN"
+    node.TYPE = "SAMRefiner"
+    node.MODEL_TYPE = "vit_h"
+    node.CHECKPOINT = ""
+    node.PRECISION = "fp32"
+    node.DECODER_CHUNK_SIZE = 64
+    node.SCORE_THRESH = 0.0
+    node.KEEP_UNREFINED = False
+    node.BOXES_FROM_REFINED_MASKS = "auto"
+    node.IMAGE_SOURCE = "auto"
+    node.SAMREFINER = CN({name.upper(): value for name, value in samrefiner_hyper_parameters().items()})
+    cfg.MODEL.REFINER = node
+
+
+def refinement_options_from_config(cfg: CN):
+    """The :class:`~refine_hooks.detectron2.RefinementOptions` that ``cfg.MODEL.REFINER`` describes."""
+    from .meta_arch import RefinementOptions
+
+    node = cfg.MODEL.REFINER
+    if node.BOXES_FROM_REFINED_MASKS not in BOXES_MODES:
+        raise ValueError(f"MODEL.REFINER.BOXES_FROM_REFINED_MASKS must be one of {list(BOXES_MODES)}, "
+                         f"got {node.BOXES_FROM_REFINED_MASKS!r}")
+    refiner = dict(type=node.TYPE, model_type=node.MODEL_TYPE, checkpoint=node.CHECKPOINT or None,
+                   precision=node.PRECISION, decoder_chunk_size=node.DECODER_CHUNK_SIZE)
+    if node.TYPE == "SAMRefiner":
+        refiner.update({name.lower(): value for name, value in node.SAMREFINER.items()})
+    return RefinementOptions(
+        refiner=refiner,
+        score_thr=node.SCORE_THRESH,
+        keep_unrefined=node.KEEP_UNREFINED,
+        boxes_from_refined_masks=BOXES_MODES[node.BOXES_FROM_REFINED_MASKS],
+        image_source=node.IMAGE_SOURCE,
+        input_format=cfg.INPUT.FORMAT,
+    )

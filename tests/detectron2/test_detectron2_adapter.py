@@ -1,0 +1,246 @@
+"""The Detectron2 adapter with real Detectron2 (random-weight Mask R-CNN from the model zoo config, on CPU).
+
+Skipped when Detectron2 is not installed (it is not on PyPI; see README, "Detectron2").
+"""
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+detectron2 = pytest.importorskip("detectron2")
+
+from detectron2 import model_zoo  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import LazyConfig, get_cfg, instantiate  # noqa: E402
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader  # noqa: E402
+from detectron2.data.datasets import register_coco_instances  # noqa: E402
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset  # noqa: E402
+from detectron2.modeling import GeneralizedRCNN, build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from refine_hooks.data.images import load_image  # noqa: E402
+from refine_hooks.detectron2 import (  # noqa: E402
+    COCOBoundaryEvaluator, RefinementOptions, add_refiner_config, refined_meta_arch, with_refiner)
+from refine_hooks.detectron2.evaluation import RESULTS_FILE  # noqa: E402
+from refine_hooks.detectron2.images import image_from_input  # noqa: E402
+from refine_hooks.evaluation import evaluate_coco  # noqa: E402
+from refine_hooks.refiners import build_refiner  # noqa: E402
+from refine_hooks.sam import save_tiny_checkpoint  # noqa: E402
+from tiny_coco import make_tiny_coco  # noqa: E402
+
+ITERATIONS = 2
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A registered 3-image COCO dataset (category ids 3 and 7): ``(name, json file)``."""
+    root = str(tmp_path_factory.mktemp("d2_coco"))
+    json_file = make_tiny_coco(root, num_images=3, seed=0)
+    name = f"refine_hooks_tiny_{os.getpid()}"
+    register_coco_instances(name, {}, json_file, os.path.join(root, "images"))
+    yield name, json_file
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+@pytest.fixture(scope="module")
+def sam_checkpoint(tmp_path_factory):
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("sam") / "tiny_sam.pth"))
+
+
+def make_cfg(dataset_name, sam_checkpoint, refined=True):
+    cfg = get_cfg()
+    add_refiner_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: keep low-scoring detections
+    cfg.TEST.DETECTIONS_PER_IMAGE = 6
+    cfg.INPUT.MIN_SIZE_TEST = 128
+    cfg.INPUT.MAX_SIZE_TEST = 160
+    cfg.INPUT.MASK_FORMAT = "bitmask"  # the annotation file mixes polygons and RLE
+    cfg.DATASETS.TEST = (dataset_name,)
+    cfg.MODEL.REFINER.MODEL_TYPE = "tiny"
+    cfg.MODEL.REFINER.CHECKPOINT = sam_checkpoint
+    cfg.MODEL.REFINER.KEEP_UNREFINED = True
+    cfg.MODEL.REFINER.SAMREFINER.ITERATIONS = ITERATIONS
+    if refined:
+        cfg.MODEL.META_ARCHITECTURE = "RefinedMetaArch"
+    return cfg
+
+
+def inputs_of(cfg, dataset_name):
+    mapper = DatasetMapper(cfg, is_train=False)
+    return [mapper(copy.deepcopy(record)) for record in DatasetCatalog.get(dataset_name)]
+
+
+@pytest.fixture(scope="module")
+def models(dataset, sam_checkpoint, tmp_path_factory):
+    """A plain Mask R-CNN with random weights, its checkpoint, and a refined one loaded from it."""
+    name, _ = dataset
+    torch.manual_seed(0)
+    plain = build_model(make_cfg(name, sam_checkpoint, refined=False)).eval()
+    # Random ResNet features are huge, so random class logits put all probability on "background" and
+    # random deltas throw boxes off the image. Zero weights there give every proposal (= an anchor) the
+    # score 1/3 per class: real detections with real masks from the random mask head.
+    for layer in (plain.proposal_generator.rpn_head.anchor_deltas, plain.roi_heads.box_predictor.cls_score,
+                  plain.roi_heads.box_predictor.bbox_pred):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    directory = str(tmp_path_factory.mktemp("d2_ckpt"))
+    DetectionCheckpointer(plain, save_dir=directory).save("plain")
+    cfg = make_cfg(name, sam_checkpoint)
+    refined = build_model(cfg).eval()
+    DetectionCheckpointer(refined).load(os.path.join(directory, "plain.pth"))
+    return plain, refined, cfg
+
+
+def test_one_config_line_refines_with_the_core_refiner(dataset, sam_checkpoint, models):
+    name, _ = dataset
+    plain, refined, cfg = models
+    assert isinstance(refined, GeneralizedRCNN) and type(refined).__name__ == "RefinedGeneralizedRCNN"
+    inputs = inputs_of(cfg, name)
+    with torch.no_grad():
+        coarse_outputs = plain(inputs)
+        outputs = refined(inputs)
+    refiner = build_refiner(dict(type="SAMRefiner", model_type="tiny", checkpoint=sam_checkpoint, iterations=ITERATIONS))
+    changed = 0
+    for record, coarse_output, output in zip(inputs, coarse_outputs, outputs):
+        coarse, instances = coarse_output["instances"], output["instances"]
+        assert len(instances) == len(coarse) > 0
+        # The plain checkpoint loaded into the refined model: same detections before refinement.
+        assert torch.equal(instances.unrefined_masks, coarse.pred_masks)
+        assert torch.equal(instances.scores, coarse.scores)
+        assert torch.equal(instances.pred_boxes.tensor, coarse.pred_boxes.tensor)  # box-head boxes are kept
+        assert instances.pred_masks.dtype == torch.bool
+        assert instances.pred_masks.shape == (len(instances), record["height"], record["width"])
+        expected = refiner.refine(load_image(record["file_name"]), coarse.pred_masks.numpy())
+        assert np.array_equal(instances.refined.numpy(), expected.refined)
+        assert np.array_equal(instances.pred_masks.numpy(), np.where(expected.refined[:, None, None], expected.masks,
+                                                                     coarse.pred_masks.numpy()))
+        ious = instances.refine_iou.numpy()
+        assert np.allclose(ious[expected.refined], expected.iou_predictions[expected.refined])
+        assert np.isnan(ious[~expected.refined]).all()
+        changed += int((instances.pred_masks != coarse.pred_masks).any())
+    assert changed > 0
+    assert refined.refinement_stats.image_sources["file_name"] == len(inputs)
+
+
+def test_refiner_stays_out_of_the_detector_state_dict_and_training(dataset, sam_checkpoint, models):
+    name, _ = dataset
+    plain, refined, cfg = models
+    assert refined.state_dict().keys() == plain.state_dict().keys()
+    assert not any("image_encoder" in key for key in refined.state_dict())
+    # Training is the plain detector's: losses, no refiner built.
+    fresh = build_model(cfg)
+    fresh.train()
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
+    batch = [mapper(copy.deepcopy(record)) for record in DatasetCatalog.get(name)]
+    with EventStorage():
+        losses = fresh(batch)
+    assert {"loss_mask", "loss_cls", "loss_box_reg"} <= set(losses)
+    assert fresh.__dict__["_refiner"] is None
+
+
+def test_score_threshold_and_boxes_derived_from_masks(sam_checkpoint):
+    """Mask2Former-style output (float masks, all-zero boxes): only detections above the threshold are
+    refined; their zero boxes become their refined masks' boxes; float rows not refined stay as they were."""
+    cls = refined_meta_arch(torch.nn.Module)
+    model = cls(refinement=RefinementOptions(
+        refiner=dict(type="SAMRefiner", model_type="tiny", checkpoint=sam_checkpoint, iterations=1), score_thr=0.5))
+    model.register_buffer("anchor", torch.zeros(1))  # a device for the refiner
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    masks = torch.zeros(3, 60, 80)
+    masks[0, 10:30, 10:40] = 1.0
+    masks[1, 30:50, 40:70] = 1.0
+    masks[2, 5:20, 50:75] = 0.7  # a soft row below the threshold must keep its values
+    instances = Instances((60, 80), pred_masks=masks.clone(), scores=torch.tensor([0.9, 0.8, 0.1]),
+                          pred_boxes=Boxes(torch.zeros(3, 4)), pred_classes=torch.zeros(3, dtype=torch.long))
+    inputs = [{"image": torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1), "height": 60, "width": 80}]
+    outputs = [{"instances": instances}]
+    model.eval()
+    model.refine_outputs(inputs, outputs)
+    out = outputs[0]["instances"]
+    assert out.refined.tolist()[2] is False and torch.isnan(out.refine_iou[2])
+    assert torch.equal(out.pred_masks[2], masks[2])
+    assert out.pred_masks.dtype == torch.float32
+    for j in np.flatnonzero(out.refined.numpy()):
+        ys, xs = np.nonzero(out.pred_masks[j].numpy() > 0.5)
+        assert out.pred_boxes.tensor[j].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert model.refinement_stats.below_score == 1
+    assert model.refinement_stats.image_sources == {"file_name": 0, "inputs": 1}
+    assert "no file_name" in model.refinement_stats.fallback_reasons[0]
+
+
+def test_image_rebuilt_from_the_batch_input_is_rgb_at_the_original_size():
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+    bgr = torch.from_numpy(rgb[:, :, ::-1].copy()).permute(2, 0, 1)
+    assert np.array_equal(image_from_input(bgr, (30, 40), "BGR"), rgb)
+    assert np.array_equal(image_from_input(bgr.flip(0), (30, 40), "RGB"), rgb)
+    assert image_from_input(bgr.float(), (60, 80), "BGR").shape == (60, 80, 3)
+    with pytest.raises(ValueError, match="INPUT.FORMAT"):
+        image_from_input(bgr, (30, 40), "YUV-BT.601")
+
+
+def test_evaluator_equals_the_core_and_detectron2_segm(dataset, models, tmp_path):
+    name, json_file = dataset
+    _, refined, cfg = models
+    loader = build_detection_test_loader(cfg, name)
+    ours = COCOBoundaryEvaluator(name, output_dir=str(tmp_path), distributed=False)
+    results = inference_on_dataset(refined, loader, ours)
+    with open(tmp_path / RESULTS_FILE) as f:
+        written = json.load(f)
+    assert written and {r["category_id"] for r in written} <= {3, 7}  # dataset ids, not contiguous ones
+    core = evaluate_coco(json_file, written, ("segm", "boundary"), progress=False)
+    assert set(results) == {"segm", "boundary"}
+    for iou_type in ("segm", "boundary"):
+        for metric in ("AP", "AP50", "AP75"):
+            assert results[iou_type][metric] == pytest.approx(core[f"{iou_type}/{metric}"] * 100, abs=1e-9)
+        assert {"AP-box", "AP-ellipse"} <= set(results[iou_type])
+    # Detectron2's own COCOEvaluator on the same model's predictions gives the same mask AP.
+    reference = COCOEvaluator(name, tasks=("segm",), distributed=False, output_dir=str(tmp_path / "d2"),
+                              use_fast_impl=False)
+    d2_results = inference_on_dataset(refined, loader, reference)
+    for metric in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert results["segm"][metric] == pytest.approx(d2_results["segm"][metric], abs=1e-9, nan_ok=True)
+
+
+def test_lazy_config_one_line(sam_checkpoint, tmp_path):
+    cfg = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py")
+    cfg.model = with_refiner(cfg.model, refiner=dict(type="SAMRefiner", model_type="tiny", checkpoint=sam_checkpoint))
+    cfg.model.backbone.bottom_up.freeze_at = 0
+    path = str(tmp_path / "refined.yaml")
+    LazyConfig.save(cfg, path)
+    loaded = LazyConfig.load(path)
+    model = instantiate(loaded.model)
+    assert type(model).__name__ == "RefinedGeneralizedRCNN" and isinstance(model, GeneralizedRCNN)
+    assert model.refinement.refiner["model_type"] == "tiny"
+
+
+def test_clear_errors_for_misconfiguration(dataset, sam_checkpoint):
+    name, _ = dataset
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.META_ARCHITECTURE = "RefinedMetaArch"
+    with pytest.raises(KeyError, match="add_refiner_config"):
+        build_model(cfg)
+    cfg = make_cfg(name, sam_checkpoint)
+    cfg.MODEL.REFINER.BASE_META_ARCHITECTURE = "RefinedMetaArch"
+    with pytest.raises(ValueError, match="BASE_META_ARCHITECTURE"):
+        build_model(cfg)
+    cfg = make_cfg(name, sam_checkpoint)
+    cfg.MODEL.REFINER.IMAGE_SOURCE = "disk"
+    with pytest.raises(ValueError, match="image_source"):
+        build_model(cfg)
+    with pytest.raises(FileNotFoundError, match="json_file"):
+        MetadataCatalog.get("refine_hooks_unregistered").set(thing_classes=["a"])
+        COCOBoundaryEvaluator("refine_hooks_unregistered")
