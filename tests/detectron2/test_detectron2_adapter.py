@@ -6,6 +6,8 @@ Skipped when Detectron2 is not installed (it is not on PyPI; see README, "Detect
 import copy
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -34,6 +36,7 @@ from refine_hooks.sam import save_tiny_checkpoint  # noqa: E402
 from tiny_coco import make_tiny_coco  # noqa: E402
 
 ITERATIONS = 2
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +101,12 @@ def models(dataset, sam_checkpoint, tmp_path_factory):
     cfg = make_cfg(name, sam_checkpoint)
     refined = build_model(cfg).eval()
     DetectionCheckpointer(refined).load(os.path.join(directory, "plain.pth"))
-    return plain, refined, cfg
+    return plain, refined, cfg, os.path.join(directory, "plain.pth")
 
 
 def test_one_config_line_refines_with_the_core_refiner(dataset, sam_checkpoint, models):
     name, _ = dataset
-    plain, refined, cfg = models
+    plain, refined, cfg, _ = models
     assert isinstance(refined, GeneralizedRCNN) and type(refined).__name__ == "RefinedGeneralizedRCNN"
     inputs = inputs_of(cfg, name)
     with torch.no_grad():
@@ -134,7 +137,7 @@ def test_one_config_line_refines_with_the_core_refiner(dataset, sam_checkpoint, 
 
 def test_refiner_stays_out_of_the_detector_state_dict_and_training(dataset, sam_checkpoint, models):
     name, _ = dataset
-    plain, refined, cfg = models
+    plain, refined, cfg, _ = models
     assert refined.state_dict().keys() == plain.state_dict().keys()
     assert not any("image_encoder" in key for key in refined.state_dict())
     # Training is the plain detector's: losses, no refiner built.
@@ -192,7 +195,7 @@ def test_image_rebuilt_from_the_batch_input_is_rgb_at_the_original_size():
 
 def test_evaluator_equals_the_core_and_detectron2_segm(dataset, models, tmp_path):
     name, json_file = dataset
-    _, refined, cfg = models
+    _, refined, cfg, _ = models
     loader = build_detection_test_loader(cfg, name)
     ours = COCOBoundaryEvaluator(name, output_dir=str(tmp_path), distributed=False)
     results = inference_on_dataset(refined, loader, ours)
@@ -244,3 +247,52 @@ def test_clear_errors_for_misconfiguration(dataset, sam_checkpoint):
     with pytest.raises(FileNotFoundError, match="json_file"):
         MetadataCatalog.get("refine_hooks_unregistered").set(thing_classes=["a"])
         COCOBoundaryEvaluator("refine_hooks_unregistered")
+
+
+def test_shipped_configs_build_refined_models(sam_checkpoint):
+    cfg = get_cfg()
+    add_refiner_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_file(os.path.join(REPO, "configs", "detectron2", "samrefiner.yaml"))
+    assert cfg.MODEL.REFINER.MODEL_TYPE == "vit_h" and cfg.MODEL.REFINER.SAMREFINER.ITERATIONS == 5
+    cfg.MODEL.DEVICE = "cpu"
+    assert type(build_model(cfg)).__name__ == "RefinedGeneralizedRCNN"
+    cfg.merge_from_file(os.path.join(REPO, "configs", "detectron2", "mask2former_samrefiner.yaml"))
+    assert cfg.MODEL.REFINER.BASE_META_ARCHITECTURE == "MaskFormer"
+
+    lazy = LazyConfig.load(os.path.join(REPO, "configs", "detectron2", "mask_rcnn_R_50_FPN_1x_samrefiner.py"))
+    assert lazy.model.refinement.refiner.model_type == "vit_h"
+    lazy = LazyConfig.apply_overrides(lazy, [f"model.refinement.refiner.checkpoint={sam_checkpoint}",
+                                             "model.refinement.refiner.model_type=tiny"])
+    model = instantiate(lazy.model)
+    assert type(model).__name__ == "RefinedGeneralizedRCNN"
+    assert model.refinement.refiner["model_type"] == "tiny"
+
+
+def test_command_line_equals_in_process_evaluation(dataset, sam_checkpoint, models, tmp_path):
+    name, json_file = dataset
+    _, refined, cfg, weights = models
+    expected = inference_on_dataset(refined, build_detection_test_loader(cfg, name),
+                                    COCOBoundaryEvaluator(name, distributed=False))
+    images = os.path.join(os.path.dirname(json_file), "images")
+    command = [sys.executable, os.path.join(REPO, "tools", "detectron2_test.py"),
+               "--config-file", "model_zoo:COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+               "--refiner-config", os.path.join(REPO, "configs", "detectron2", "samrefiner.yaml"),
+               "--register", "cli_set", json_file, images, "--output", str(tmp_path), "--num-gpus", "0",
+               "MODEL.WEIGHTS", weights, "DATASETS.TEST", "('cli_set',)"]
+    for key, value in (("MODEL.ROI_HEADS.NUM_CLASSES", 2), ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0),
+                       ("TEST.DETECTIONS_PER_IMAGE", 6), ("INPUT.MIN_SIZE_TEST", 128), ("INPUT.MAX_SIZE_TEST", 160),
+                       ("MODEL.REFINER.MODEL_TYPE", "tiny"), ("MODEL.REFINER.CHECKPOINT", sam_checkpoint),
+                       ("MODEL.REFINER.SAMREFINER.ITERATIONS", ITERATIONS)):
+        command += [key, str(value)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cli_set segm: AP" in done.stdout and "refined" in done.stdout
+    with open(tmp_path / "evaluation.json") as f:
+        summary = json.load(f)
+    got = summary["results"]["cli_set"]
+    for iou_type in ("segm", "boundary"):
+        for metric in ("AP", "AP50", "AP75"):
+            assert got[iou_type][metric] == pytest.approx(expected[iou_type][metric], abs=1e-9)
+    assert (tmp_path / "cli_set" / RESULTS_FILE).is_file()
