@@ -18,7 +18,6 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from mmengine.dist import all_gather_object, barrier, get_rank
 from mmengine.hooks import Hook
@@ -26,37 +25,27 @@ from mmengine.logging import print_log
 from mmdet.registry import HOOKS
 from tqdm import tqdm
 
-from refine_hooks.data.masks import mask_to_xywh, rle_encode_many
 from refine_hooks.data.predictions import mmdet_category_ids
 from refine_hooks.jobs import JobOptions, refine_annotation_file
+from refine_hooks.jobs.rounds import (COARSE_NAME, REFINED_NAME, detections_to_annotations,  # noqa: F401
+                                      merge_rank_annotations, round_job_options, write_coarse_file)
 
 from .predictions import masks_to_bool
 from .refiner_setup import build_on_device, module_device
 
-COARSE_NAME = "pseudo_coarse.json"
-REFINED_NAME = "pseudo_refined.json"
-
-
 def predictions_to_annotations(
     data_samples: Sequence, cat_ids: Sequence[int], score_thr: float
 ) -> Tuple[List[Dict[str, Any]], int]:
-    """COCO annotations (no ``id`` yet; RLE with str counts, mask box and area) of the detections with
-    ``score >= score_thr``, and how many such detections had an empty mask (not annotations: left out)."""
-    out = []
-    empty = 0
+    """COCO annotations of the data samples' detections with ``score >= score_thr`` and the number of
+    those with an empty mask (see :func:`refine_hooks.jobs.rounds.detections_to_annotations`)."""
+    out, empty = [], 0
     for sample in data_samples:
         pred = sample.pred_instances
-        masks = masks_to_bool(pred.masks)
-        scores = pred.scores.detach().float().cpu().numpy()
-        labels = pred.labels.detach().cpu().numpy()
-        keep = np.flatnonzero(scores >= score_thr)
-        for j, rle in zip(keep, rle_encode_many(masks[keep])):
-            if not masks[j].any():
-                empty += 1
-                continue
-            out.append({"image_id": int(sample.img_id), "category_id": int(cat_ids[int(labels[j])]),
-                        "segmentation": rle, "area": float(masks[j].sum()), "bbox": mask_to_xywh(masks[j]),
-                        "iscrowd": 0, "score": float(scores[j])})
+        kept, n_empty = detections_to_annotations(
+            masks_to_bool(pred.masks), pred.scores.detach().float().cpu().numpy(), pred.labels.detach().cpu().numpy(),
+            int(sample.img_id), cat_ids, score_thr)
+        out += kept
+        empty += n_empty
     return out, empty
 
 
@@ -161,20 +150,8 @@ class PseudoLabelRefineHook(Hook):
         per_image = self._predict(runner, dataloader, cat_ids)
         gathered = all_gather_object(per_image)
         if get_rank() == 0:
-            # Under DDP the sampler pads the last ranks with repeated images: keep one copy of each.
-            by_image: Dict[int, List[Dict[str, Any]]] = {}
-            for part in gathered:
-                for image_id, annotations in part.items():
-                    by_image.setdefault(image_id, annotations)
-            merged = [a for image_id in sorted(by_image) for a in sorted(by_image[image_id], key=lambda a: -a["score"])]
-            for i, annotation in enumerate(merged, start=1):
-                annotation["id"] = i
-            coarse = {"images": unlabeled["images"], "categories": unlabeled["categories"], "annotations": merged}
-            for key in ("info", "licenses"):
-                if key in unlabeled:
-                    coarse[key] = unlabeled[key]
-            with open(coarse_path, "w") as f:
-                json.dump(coarse, f)
+            merged = merge_rank_annotations(gathered)
+            write_coarse_file(coarse_path, unlabeled, merged)
             print_log(f"{type(self).__name__}: {len(merged)} detections with score >= {self.score_thr} on "
                       f"{len(unlabeled['images'])} unlabeled images written to {coarse_path}", logger="current")
         barrier()
@@ -193,15 +170,7 @@ class PseudoLabelRefineHook(Hook):
         return refined_path
 
     def _job_options(self, device: torch.device) -> JobOptions:
-        options = {"workers": 0, "progress": get_rank() == 0, "device": str(device)}
-        if isinstance(self.refiner_spec, dict):  # recorded in the job's manifest
-            spec = self.refiner_spec
-            options["model_type"] = spec.get("model_type", JobOptions.model_type)
-            options["checkpoint"] = spec.get("checkpoint")
-            options["refiner_kwargs"] = {k: v for k, v in spec.items()
-                                         if k not in ("type", "model_type", "checkpoint", "device")}
-        options.update(self.job_options)
-        return JobOptions(**options)
+        return round_job_options(self.refiner_spec, device, progress=get_rank() == 0, overrides=self.job_options)
 
     def _predict(self, runner, dataloader, cat_ids: Sequence[int]) -> Dict[int, List[Dict[str, Any]]]:
         """This rank's annotations per image id (images without detections included)."""
