@@ -5,6 +5,7 @@
   (``GeneralizedRCNN`` by default) at inference; :func:`with_refiner` does the same for LazyConfig models.
 - :class:`COCOBoundaryEvaluator` / :class:`LVISBoundaryEvaluator`: mask AP and Boundary AP as
   ``DatasetEvaluator`` s.
+- :class:`PseudoLabelRefineHook`: refined pseudo labels for the next self-training round.
 
 Detectron2 is not on PyPI: install it from source (https://detectron2.readthedocs.io/en/latest/tutorials/install.html).
 """
@@ -20,11 +21,13 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from .config import add_refiner_config, refinement_options_from_config  # noqa: E402
 from .evaluation import COCOBoundaryEvaluator, LVISBoundaryEvaluator  # noqa: E402
+from .hooks import PseudoLabelRefineHook  # noqa: E402
 from .meta_arch import RefinedMetaArch, RefinementOptions, refined_meta_arch, with_refiner  # noqa: E402
 
 __all__ = [
     "COCOBoundaryEvaluator",
     "LVISBoundaryEvaluator",
+    "PseudoLabelRefineHook",
     "RefinedMetaArch",
     "RefinementOptions",
     "add_refiner_config",

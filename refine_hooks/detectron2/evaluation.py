@@ -47,6 +47,24 @@ def instances_to_results(instances: Any, image_id: Any, category_ids: Sequence[i
     return masks_to_results(masks, scores, classes, image_id, category_ids)
 
 
+def dataset_category_ids(dataset_name: str, gt: Dict[str, Any], *, lvis: bool = False) -> List[int]:
+    """Dataset category id of each Detectron2 contiguous id of a registered dataset.
+
+    From the metadata's ``thing_dataset_id_to_contiguous_id``, which Detectron2's COCO loader sets when
+    it loads the dataset (loaded here if needed); LVIS loaders number categories ``id - 1`` and set no
+    mapping, which the sorted ids of ``gt`` reproduce.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    mapping = getattr(metadata, "thing_dataset_id_to_contiguous_id", None)
+    if mapping is None and not lvis and dataset_name in DatasetCatalog.list():
+        DatasetCatalog.get(dataset_name)
+        mapping = getattr(metadata, "thing_dataset_id_to_contiguous_id", None)
+    if mapping:
+        inverse = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+        return [inverse[i] for i in range(len(inverse))]
+    return detectron2_category_ids(gt)
+
+
 class _BoundaryEvaluator(DatasetEvaluator):
     """Collects COCO result records of every image, gathers them on the main process, evaluates."""
 
@@ -91,22 +109,11 @@ class _BoundaryEvaluator(DatasetEvaluator):
                 self._gt = json.load(f)
         return self._gt
 
-    def _fallback_category_ids(self) -> List[int]:
-        return detectron2_category_ids(self.gt)
-
     @property
     def category_ids(self) -> List[int]:
         """Dataset category id of each contiguous id, as the dataset loader numbered them."""
         if self._category_ids is None:
-            mapping = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
-            if mapping is None and self.loader_sets_mapping and self.dataset_name in DatasetCatalog.list():
-                DatasetCatalog.get(self.dataset_name)  # COCO loaders set the mapping when they load
-                mapping = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
-            if mapping:
-                inverse = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
-                self._category_ids = [inverse[i] for i in range(len(inverse))]
-            else:
-                self._category_ids = self._fallback_category_ids()
+            self._category_ids = dataset_category_ids(self.dataset_name, self.gt, lvis=not self.loader_sets_mapping)
         return self._category_ids
 
     def reset(self) -> None:
@@ -187,9 +194,6 @@ class LVISBoundaryEvaluator(_BoundaryEvaluator):
     metric_names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
     default_max_dets = 300
     loader_sets_mapping = False
-
-    def _fallback_category_ids(self) -> List[int]:
-        return sorted(category["id"] for category in self.gt["categories"])
 
     def _evaluate(self, records):
         return evaluate_lvis(self.gt, records, self.iou_types, workers=self.workers, max_dets=self.max_dets,

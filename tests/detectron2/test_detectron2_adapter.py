@@ -296,3 +296,65 @@ def test_command_line_equals_in_process_evaluation(dataset, sam_checkpoint, mode
         for metric in ("AP", "AP50", "AP75"):
             assert got[iou_type][metric] == pytest.approx(expected[iou_type][metric], abs=1e-9)
     assert (tmp_path / "cli_set" / RESULTS_FILE).is_file()
+
+
+def test_pseudo_label_hook_rounds_in_a_real_trainer(dataset, sam_checkpoint, models, tmp_path_factory, tmp_path):
+    from detectron2.data import build_detection_train_loader
+    from detectron2.engine import SimpleTrainer
+
+    from refine_hooks.detectron2 import PseudoLabelRefineHook
+    from refine_hooks.jobs import JobOptions, refine_annotation_file
+    from refine_hooks.jobs.rounds import detections_to_annotations
+    from refine_hooks.refiners.detections import masks_to_bool
+
+    labeled, _ = dataset
+    plain, refined, cfg, _ = models
+    root = str(tmp_path_factory.mktemp("d2_unlabeled"))
+    info = make_tiny_coco(root, num_images=2, seed=1, prefix="unl", with_annotations=False)
+    unlabeled = f"refine_hooks_unlabeled_{os.getpid()}"
+    register_coco_instances(unlabeled, {}, info, os.path.join(root, "images"))
+    cfg = cfg.clone()
+    cfg.DATASETS.TRAIN = (labeled,)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TRAIN = (128,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 160
+    # The refined meta-architecture: the hook must take the detector's own (unrefined) predictions.
+    model = copy.deepcopy(refined).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay those of `plain`
+    trainer = SimpleTrainer(model, build_detection_train_loader(cfg), optimizer)
+    refiner = dict(type="SAMRefiner", model_type="tiny", checkpoint=sam_checkpoint, iterations=ITERATIONS)
+    hook = PseudoLabelRefineHook(cfg, unlabeled, str(tmp_path), refiner, score_thr=0.3, period=1)
+    trainer.register_hooks([hook])
+    trainer.train(0, 2)
+
+    for tag in ("iter_1", "final"):
+        assert (tmp_path / tag / "pseudo_coarse.json").is_file() and (tmp_path / tag / "pseudo_refined.json").is_file()
+    assert f"'{unlabeled}_pseudo_final'" in (tmp_path / "final" / "next_round.txt").read_text()
+    # After the mid-training round the trainer reads the pseudo labels of the unlabeled images.
+    batch = next(iter(trainer.data_loader))
+    assert all(os.path.basename(record["file_name"]).startswith("unl_") for record in batch)
+
+    # The coarse file holds exactly the plain detector's detections above the threshold.
+    with open(tmp_path / "final" / "pseudo_coarse.json") as f:
+        coarse = json.load(f)
+    ids = {i: d for d, i in MetadataCatalog.get(unlabeled).thing_dataset_id_to_contiguous_id.items()}
+    expected = []
+    with torch.no_grad():
+        for record in inputs_of(cfg, unlabeled):
+            instances = plain([record])[0]["instances"]
+            kept, _ = detections_to_annotations(masks_to_bool(instances.pred_masks), instances.scores.numpy(),
+                                                instances.pred_classes.numpy(), record["image_id"],
+                                                [ids[i] for i in range(len(ids))], 0.3)
+            expected += kept
+    assert len(expected) > 0
+    key = lambda a: (a["image_id"], a["category_id"], a["segmentation"]["counts"])  # noqa: E731
+    assert sorted(map(key, coarse["annotations"])) == sorted(map(key, expected))
+    # The refined file is what the pseudo-label job makes of it.
+    reference = tmp_path / "reference.json"
+    refine_annotation_file(str(tmp_path / "final" / "pseudo_coarse.json"), os.path.join(root, "images"), str(reference),
+                           options=JobOptions(model_type="tiny", checkpoint=sam_checkpoint, progress=False, workers=0,
+                                              refiner_kwargs={"iterations": ITERATIONS}))
+    with open(reference) as f, open(tmp_path / "final" / "pseudo_refined.json") as g:
+        assert [a["segmentation"] for a in json.load(f)["annotations"]] == \
+            [a["segmentation"] for a in json.load(g)["annotations"]]
