@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     model.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     model.add_argument("--decoder-chunk-size", type=int, default=None, help="prompts per SAM decoder call")
+    model.add_argument("--iou-adapter", help="SAMRefiner++: an IoU adapter from tools/train_iou_adaption.py")
     hyper = parser.add_argument_group("SAMRefiner hyper-parameters (default: the authors')")
     for name, param in _samrefiner_hyper_parameters().items():
         flag = "--" + name.replace("_", "-")
@@ -97,6 +98,8 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
     }
     if args.decoder_chunk_size is not None:
         refiner_kwargs["decoder_chunk_size"] = args.decoder_chunk_size
+    if args.iou_adapter:
+        refiner_kwargs["iou_adapter"] = os.path.abspath(args.iou_adapter)
     device = args.device
     if device is None:
         import torch

@@ -36,6 +36,7 @@ def add_refiner_config(cfg: CN) -> None:
         CHECKPOINT: SAM checkpoint path; empty: the official checkpoint, downloaded once into the cache.
         PRECISION: ``fp32``, ``bf16`` or ``fp16`` autocast for SAM's image encoder.
         DECODER_CHUNK_SIZE: prompt sets per SAM decoder call.
+        IOU_ADAPTER: SAMRefiner++'s IoU adapter file (``tools/train_iou_adaption.py``); empty: SAM's IoU head.
         SCORE_THRESH: refine detections with at least this score; the others keep their masks.
         KEEP_UNREFINED: also keep the detector's masks as ``instances.unrefined_masks``.
         BOXES_FROM_REFINED_MASKS: ``auto`` (boxes derived from masks or empty follow the refined mask,
@@ -54,6 +55,7 @@ def add_refiner_config(cfg: CN) -> None:
     node.CHECKPOINT = ""
     node.PRECISION = "fp32"
     node.DECODER_CHUNK_SIZE = 64
+    node.IOU_ADAPTER = ""
     node.SCORE_THRESH = 0.0
     node.KEEP_UNREFINED = False
     node.BOXES_FROM_REFINED_MASKS = "auto"
@@ -71,7 +73,8 @@ def refinement_options_from_config(cfg: CN):
         raise ValueError(f"MODEL.REFINER.BOXES_FROM_REFINED_MASKS must be one of {list(BOXES_MODES)}, "
                          f"got {node.BOXES_FROM_REFINED_MASKS!r}")
     refiner = dict(type=node.TYPE, model_type=node.MODEL_TYPE, checkpoint=node.CHECKPOINT or None,
-                   precision=node.PRECISION, decoder_chunk_size=node.DECODER_CHUNK_SIZE)
+                   precision=node.PRECISION, decoder_chunk_size=node.DECODER_CHUNK_SIZE,
+                   iou_adapter=node.IOU_ADAPTER or None)
     if node.TYPE == "SAMRefiner":
         refiner.update({name.lower(): value for name, value in node.SAMREFINER.items()})
     return RefinementOptions(

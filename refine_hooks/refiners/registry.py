@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Mapping, Union
 import torch
 
 from ..sam import SamEngine, build_sam_model
+from ..sam.iou_adaption import load_iou_adapter
 from .base import Refiner
 from .samrefiner import SAMRefiner
 
@@ -20,10 +21,17 @@ def build_samrefiner(
     decoder_chunk_size: int = 64,
     batch_invariant=None,
     download: bool = True,
+    iou_adapter=None,
     **hyper_parameters: Any,
 ) -> SAMRefiner:
-    """A :class:`SAMRefiner` on a SAM built by :func:`refine_hooks.sam.build_sam_model`."""
+    """A :class:`SAMRefiner` on a SAM built by :func:`refine_hooks.sam.build_sam_model`.
+
+    ``iou_adapter``: an adapter file of SAMRefiner++'s IoU adaption (``tools/train_iou_adaption.py``) put on
+    the IoU head that picks among the candidate masks; None: SAM's own IoU head.
+    """
     model = build_sam_model(model_type, checkpoint, download=download)
+    if iou_adapter:
+        load_iou_adapter(model, iou_adapter)
     engine = SamEngine(model, device=device, precision=precision, decoder_chunk_size=decoder_chunk_size, batch_invariant=batch_invariant)
     return SAMRefiner(engine, **hyper_parameters)
 

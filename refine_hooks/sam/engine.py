@@ -191,6 +191,20 @@ class SamEngine:
             ious.append(chunk_ious.float())
         return torch.cat(logits), torch.cat(ious)
 
+    def decode_boxes_with_grad(self, embedding: ImageEmbedding, boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Decode box prompts in one call with autograd on, for training an adapter of the frozen decoder
+        (only parameters with ``requires_grad`` get gradients).
+
+        Args:
+            boxes: float ``N x 4`` ``x1, y1, x2, y2`` in original-image pixels.
+
+        Returns:
+            low-res logits ``N x 3 x m x m`` and predicted IoUs ``N x 3`` (multimask output).
+        """
+        box = self.scale_coords(boxes.reshape(-1, 2, 2), embedding).reshape(-1, 4).to(self.device)
+        with torch.enable_grad():
+            return self._decode_chunk(embedding, None, box, None, True)
+
     def _decode_chunk(self, embedding, points, boxes, masks, multimask_output):
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         kwargs = dict(
