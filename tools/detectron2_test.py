@@ -128,7 +128,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     stats = getattr(model, "refinement_stats", None)
     if comm.is_main_process():
         os.makedirs(args.output, exist_ok=True)
-        summary = {"results": results, "refinement": stats.text() if stats is not None else "not refined"}
+        summary = {"results": results, "processes": comm.get_world_size(),
+                   "refinement": stats.text() if stats is not None else "not refined"}
         path = os.path.join(args.output, "evaluation.json")
         with open(path + ".tmp", "w") as f:
             json.dump(summary, f, indent=1)

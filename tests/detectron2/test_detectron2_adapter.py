@@ -269,7 +269,8 @@ def test_shipped_configs_build_refined_models(sam_checkpoint):
     assert model.refinement.refiner["model_type"] == "tiny"
 
 
-def test_command_line_equals_in_process_evaluation(dataset, sam_checkpoint, models, tmp_path):
+@pytest.mark.parametrize("processes", [0, 2], ids=["one_process", "ddp_2_cpu_processes"])
+def test_command_line_equals_in_process_evaluation(dataset, sam_checkpoint, models, tmp_path, processes):
     name, json_file = dataset
     _, refined, cfg, weights = models
     expected = inference_on_dataset(refined, build_detection_test_loader(cfg, name),
@@ -278,19 +279,21 @@ def test_command_line_equals_in_process_evaluation(dataset, sam_checkpoint, mode
     command = [sys.executable, os.path.join(REPO, "tools", "detectron2_test.py"),
                "--config-file", "model_zoo:COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
                "--refiner-config", os.path.join(REPO, "configs", "detectron2", "samrefiner.yaml"),
-               "--register", "cli_set", json_file, images, "--output", str(tmp_path), "--num-gpus", "0",
+               "--register", "cli_set", json_file, images, "--output", str(tmp_path), "--num-gpus", str(processes),
                "MODEL.WEIGHTS", weights, "DATASETS.TEST", "('cli_set',)"]
     for key, value in (("MODEL.ROI_HEADS.NUM_CLASSES", 2), ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0),
                        ("TEST.DETECTIONS_PER_IMAGE", 6), ("INPUT.MIN_SIZE_TEST", 128), ("INPUT.MAX_SIZE_TEST", 160),
                        ("MODEL.REFINER.MODEL_TYPE", "tiny"), ("MODEL.REFINER.CHECKPOINT", sam_checkpoint),
                        ("MODEL.REFINER.SAMREFINER.ITERATIONS", ITERATIONS)):
         command += [key, str(value)]
+    # Each DDP rank (gloo on CPU) refines and predicts its own images; rank 0 gathers and evaluates.
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cli_set segm: AP" in done.stdout and "refined" in done.stdout
     with open(tmp_path / "evaluation.json") as f:
         summary = json.load(f)
+    assert summary["processes"] == max(processes, 1)
     got = summary["results"]["cli_set"]
     for iou_type in ("segm", "boundary"):
         for metric in ("AP", "AP50", "AP75"):
