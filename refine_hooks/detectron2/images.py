@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from refine_hooks.data.images import ImageReadError, load_image
-from refine_hooks.refiners.detections import ImageGetter, RefineStats
+from refine_hooks.refiners.detections import SOURCE_INPUTS, ImageGetter, RefineStats, fallback_image_getter
 
 SOURCE_PATH = "file_name"
-SOURCE_INPUTS = "inputs"
 IMAGE_SOURCES = ("auto", SOURCE_PATH, SOURCE_INPUTS)
 INPUT_FORMATS = ("BGR", "RGB")
 
@@ -74,19 +73,12 @@ def image_getter(batched_inputs: Sequence[Dict[str, Any]], *, image_source: str,
     ``stats.fallback_reasons``); ``file_name`` and ``inputs`` insist on one source.
     """
 
-    def get(i: int, size: Tuple[int, int]) -> Tuple[np.ndarray, str]:
-        record = batched_inputs[i]
-        reason = "image_source='inputs'"
-        if image_source in ("auto", SOURCE_PATH):
-            image, reason = image_from_file(record, size)
-            if image is not None:
-                return image, SOURCE_PATH
-            if image_source == SOURCE_PATH:
-                raise ValueError(f"image_source='file_name' but the refiner image cannot be read: {reason}")
-        if "image" not in record:
-            raise ValueError(f"no image for the refiner: {reason}, and the input has no 'image'")
-        if len(stats.fallback_reasons) < 10:
-            stats.fallback_reasons.append(reason)
-        return image_from_input(record["image"], size, input_format), SOURCE_INPUTS
+    def read_file(i: int, size: Tuple[int, int]):
+        return image_from_file(batched_inputs[i], size)
 
-    return get
+    def rebuild(i: int, size: Tuple[int, int], reason: str) -> np.ndarray:
+        if "image" not in batched_inputs[i]:
+            raise ValueError(f"no image for the refiner: {reason}, and the input has no 'image'")
+        return image_from_input(batched_inputs[i]["image"], size, input_format)
+
+    return fallback_image_getter(read_file, rebuild, image_source=image_source, file_source=SOURCE_PATH, stats=stats)

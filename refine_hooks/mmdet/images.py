@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from refine_hooks.data.images import ImageReadError, load_image
+from refine_hooks.refiners.detections import SOURCE_INPUTS
 
 SOURCE_PATH = "img_path"
-SOURCE_INPUTS = "inputs"
 IMAGE_SOURCES = ("auto", SOURCE_PATH, SOURCE_INPUTS)
 CHANNEL_ORDERS = ("bgr", "rgb")
 

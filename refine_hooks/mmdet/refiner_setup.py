@@ -9,9 +9,10 @@ import torch
 from mmengine.logging import print_log
 
 from refine_hooks.refiners import Refiner, registry
+from refine_hooks.refiners.detections import fallback_image_getter
 from refine_hooks.refiners.registry import RefinerSpec, module_device  # noqa: F401 (used by the hook and model)
 
-from .images import CHANNEL_ORDERS, IMAGE_SOURCES, SOURCE_INPUTS, SOURCE_PATH, image_from_path, image_from_tensor
+from .images import CHANNEL_ORDERS, IMAGE_SOURCES, SOURCE_PATH, image_from_path, image_from_tensor
 from .predictions import ImageGetter, RefineStats
 
 
@@ -43,20 +44,13 @@ def image_getter(
     ``stats.fallback_reasons``); ``'img_path'`` and ``'inputs'`` insist on one source.
     """
 
-    def get(i: int, size: Tuple[int, int]) -> Tuple[np.ndarray, str]:
-        metainfo = data_samples[i].metainfo
-        reason = "image_source='inputs'"
-        if image_source in ("auto", SOURCE_PATH):
-            image, reason = image_from_path(metainfo, size)
-            if image is not None:
-                return image, SOURCE_PATH
-            if image_source == SOURCE_PATH:
-                raise ValueError(f"image_source='img_path' but the refiner image cannot be read: {reason}")
+    def read_file(i: int, size: Tuple[int, int]):
+        return image_from_path(data_samples[i].metainfo, size)
+
+    def rebuild(i: int, size: Tuple[int, int], reason: str) -> np.ndarray:
         if inputs is None or not torch.is_tensor(inputs[i]):
             raise ValueError(f"no image for the refiner: {reason}, and the batch inputs are not available "
                              "as one image tensor per sample (test-time augmentation?)")
-        if len(stats.fallback_reasons) < 10:
-            stats.fallback_reasons.append(reason)
-        return image_from_tensor(inputs[i], metainfo, size, bgr=bgr, mean=mean, std=std), SOURCE_INPUTS
+        return image_from_tensor(inputs[i], data_samples[i].metainfo, size, bgr=bgr, mean=mean, std=std)
 
-    return get
+    return fallback_image_getter(read_file, rebuild, image_source=image_source, file_source=SOURCE_PATH, stats=stats)

@@ -91,6 +91,44 @@ class RefineStats:
         return "; ".join(parts)
 
 
+SOURCE_INPUTS = "inputs"  # the image was rebuilt from the detector's batch input
+
+
+def fallback_image_getter(
+    read_file: Callable[[int, Tuple[int, int]], Tuple[Optional[np.ndarray], str]],
+    rebuild: Callable[[int, Tuple[int, int], str], np.ndarray],
+    *,
+    image_source: str,
+    file_source: str,
+    stats: "RefineStats",
+) -> ImageGetter:
+    """An :data:`ImageGetter` that reads the image file and falls back to rebuilding it from the batch.
+
+    Args:
+        read_file: ``(i, size) -> (uint8 RGB image or None, why not)`` from the file the input names.
+        rebuild: ``(i, size, why the file was not used) -> uint8 RGB image`` from the batch input; raises
+            ValueError when it cannot.
+        image_source: ``"auto"`` (file first), ``file_source`` (the file or an error) or ``"inputs"``.
+        file_source: the adapter's name of the file source (``img_path``, ``file_name``).
+        stats: keeps the first reasons for falling back.
+    """
+
+    def get(i: int, size: Tuple[int, int]) -> Tuple[np.ndarray, str]:
+        reason = f"image_source='{SOURCE_INPUTS}'"
+        if image_source in ("auto", file_source):
+            image, reason = read_file(i, size)
+            if image is not None:
+                return image, file_source
+            if image_source == file_source:
+                raise ValueError(f"image_source='{file_source}' but the refiner image cannot be read: {reason}")
+        image = rebuild(i, size, reason)
+        if len(stats.fallback_reasons) < 10:
+            stats.fallback_reasons.append(reason)
+        return image, SOURCE_INPUTS
+
+    return get
+
+
 def masks_to_bool(masks: torch.Tensor) -> np.ndarray:
     """Detector masks (``N x H x W`` bool, uint8 or float 0/1 tensor) -> bool numpy ``N x H x W``."""
     if masks.dtype == torch.bool:
