@@ -361,3 +361,52 @@ def test_pseudo_label_hook_rounds_in_a_real_trainer(dataset, sam_checkpoint, mod
     with open(reference) as f, open(tmp_path / "final" / "pseudo_refined.json") as g:
         assert [a["segmentation"] for a in json.load(f)["annotations"]] == \
             [a["segmentation"] for a in json.load(g)["annotations"]]
+
+
+def test_lvis_evaluator_on_a_registered_lvis_dataset(dataset, models, tmp_path):
+    """An LVIS-format copy of the tiny set (polygons, 1-based category ids, frequencies) through
+    Detectron2's LVIS loader: our evaluator maps contiguous ids back as that loader numbers them and equals
+    the core LVIS evaluation of the predictions it writes."""
+    import cv2
+    from detectron2.data.datasets import register_lvis_instances
+
+    from refine_hooks.detectron2 import LVISBoundaryEvaluator
+    from refine_hooks.evaluation import evaluate_lvis
+    from refine_hooks.data.masks import segmentation_to_mask
+
+    _, json_file = dataset
+    _, refined, cfg, _ = models
+    with open(json_file) as f:
+        coco = json.load(f)
+    new_id = {3: 1, 7: 2}
+    lvis = {"categories": [{"id": 1, "name": "box", "frequency": "f", "synset": "box.n.01"},
+                           {"id": 2, "name": "ellipse", "frequency": "c", "synset": "ellipse.n.01"}],
+            "images": [dict(image, coco_url=f"http://example.org/images/{image['file_name']}", neg_category_ids=[],
+                            not_exhaustive_category_ids=[]) for image in coco["images"]],
+            "annotations": []}
+    sizes = {image["id"]: (image["height"], image["width"]) for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        mask = segmentation_to_mask(annotation["segmentation"], *sizes[annotation["image_id"]]).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+        lvis["annotations"].append(dict(annotation, category_id=new_id[annotation["category_id"]], segmentation=polygons))
+    lvis_file = tmp_path / "lvis.json"
+    lvis_file.write_text(json.dumps(lvis))
+    name = f"refine_hooks_tiny_lvis_v1_{os.getpid()}"  # Detectron2 takes LVIS metadata from "v1" in the name
+    register_lvis_instances(name, {}, str(lvis_file), os.path.dirname(json_file) + os.sep)
+    try:
+        evaluator = LVISBoundaryEvaluator(name, output_dir=str(tmp_path / "out"), distributed=False)
+        results = inference_on_dataset(refined, build_detection_test_loader(cfg, name), evaluator)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    with open(tmp_path / "out" / RESULTS_FILE) as f:
+        written = json.load(f)
+    assert written and {r["category_id"] for r in written} <= {1, 2}
+    core = evaluate_lvis(str(lvis_file), written, ("segm", "boundary"), progress=False)
+    for iou_type in ("segm", "boundary"):
+        assert {"APr", "APc", "APf"} <= set(results[iou_type])
+        for metric in ("AP", "AP50", "APc", "APf"):
+            expected = core[f"{iou_type}/{metric}"]
+            got = results[iou_type][metric]
+            assert (np.isnan(got) and expected < 0) or got == pytest.approx(expected * 100, abs=1e-9)
