@@ -410,3 +410,30 @@ def test_lvis_evaluator_on_a_registered_lvis_dataset(dataset, models, tmp_path):
             expected = core[f"{iou_type}/{metric}"]
             got = results[iou_type][metric]
             assert (np.isnan(got) and expected < 0) or got == pytest.approx(expected * 100, abs=1e-9)
+
+
+def test_default_predictor_refines_with_the_image_it_is_given(dataset, sam_checkpoint, models):
+    """DefaultPredictor passes no file name: the refiner sees the input tensor (the user's image after the
+    test resize) resized back to the image's size and turned to RGB."""
+    from detectron2.engine import DefaultPredictor
+
+    name, _ = dataset
+    _, _, cfg, weights = models
+    cfg = cfg.clone()
+    cfg.MODEL.WEIGHTS = weights
+    predictor = DefaultPredictor(cfg)
+    rgb = load_image(DatasetCatalog.get(name)[0]["file_name"])
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # DefaultPredictor takes what cv2.imread gives
+    instances = predictor(bgr)["instances"]
+    assert len(instances) > 0 and instances.has("refined") and instances.pred_masks.shape[1:] == rgb.shape[:2]
+    stats = predictor.model.refinement_stats
+    assert stats.image_sources == {"file_name": 0, "inputs": 1} and "no file_name" in stats.fallback_reasons[0]
+    # The same refinement by hand: the predictor's input tensor rebuilt, the detector's masks (KEEP_UNREFINED).
+    resized = predictor.aug.get_transform(bgr).apply_image(bgr)
+    assert resized.shape[:2] != rgb.shape[:2]  # the test resize happened, so the rebuild is not trivial
+    rebuilt = image_from_input(torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)), rgb.shape[:2], "BGR")
+    refiner = build_refiner(dict(type="SAMRefiner", model_type="tiny", checkpoint=sam_checkpoint, iterations=ITERATIONS))
+    coarse = instances.unrefined_masks.numpy()
+    expected = refiner.refine(rebuilt, coarse)
+    assert np.array_equal(instances.refined.numpy(), expected.refined)
+    assert np.array_equal(instances.pred_masks.numpy(), np.where(expected.refined[:, None, None], expected.masks, coarse))
