@@ -96,6 +96,7 @@ class PseudoLabelRefineHook(HookBase):
         self.job_options = dict(job_options or {})
         self.last_output: Optional[str] = None  # the last refined file written
         self.last_dataset: Optional[str] = None  # the dataset registered for it
+        self.last_summary = None  # this rank's refine_hooks.jobs.Summary of the last round
 
     # --------------------------------------------------------------------------- hook points
     def after_step(self) -> None:
@@ -139,6 +140,7 @@ class PseudoLabelRefineHook(HookBase):
         summary = refine_annotation_file(coarse_path, metadata.image_root, refined_path, options=options,
                                          refiner=self.refiner)
         comm.synchronize()
+        self.last_summary = summary
         logger.info(f"{type(self).__name__}: refined pseudo labels of round '{tag}': {refined_path}\n{summary.text()}")
         name = f"{self.unlabeled_dataset}_pseudo_{tag}"
         if name in DatasetCatalog.list():  # a rerun of the same round

@@ -1,4 +1,5 @@
-"""Ranks for a job launched by torchrun (or any launcher that sets ``RANK`` / ``WORLD_SIZE``).
+"""Ranks for a job launched by torchrun (or any launcher that sets ``RANK`` / ``WORLD_SIZE``), or called
+from inside a distributed run (a training hook).
 
 Ranks only need to agree on two things: whether any rank found bad input before the work starts, and
 when every rank has finished so rank 0 can merge. Both go through a gloo group, on CPU, whatever
@@ -51,13 +52,23 @@ class Ranks:
 
 
 def init_ranks() -> Ranks:
-    """Join the launcher's process group (creating a gloo one when there is none)."""
+    """Join the caller's process group, or the launcher's (creating a gloo one when there is none).
+
+    An initialised process group with more than one process wins over the environment: Detectron2's
+    ``launch`` (``mp.start_processes`` + ``init_process_group(init_method=tcp://...)``) sets no
+    ``WORLD_SIZE``, and a hook calling the job from inside such a run must still split the work instead of
+    having every rank do all of it into the same files.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if "LOCAL_RANK" in os.environ:
+            local_rank = int(os.environ["LOCAL_RANK"])
+        else:  # Detectron2's launch sets the device of each local process
+            local_rank = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        group = dist.new_group(backend="gloo", timeout=_BARRIER_TIMEOUT) if dist.get_backend() != "gloo" else None
+        return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, group, owns_process_group=False)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Ranks()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_initialized():
-        group = dist.new_group(backend="gloo", timeout=_BARRIER_TIMEOUT) if dist.get_backend() != "gloo" else None
-        return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, group, owns_process_group=False)
     dist.init_process_group(backend="gloo", timeout=_BARRIER_TIMEOUT)
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, None, owns_process_group=True)

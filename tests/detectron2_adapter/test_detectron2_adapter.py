@@ -437,3 +437,38 @@ def test_default_predictor_refines_with_the_image_it_is_given(dataset, sam_check
     expected = refiner.refine(rebuilt, coarse)
     assert np.array_equal(instances.refined.numpy(), expected.refined)
     assert np.array_equal(instances.pred_masks.numpy(), np.where(expected.refined[:, None, None], expected.masks, coarse))
+
+
+def test_pseudo_label_hook_under_ddp_equals_one_process(dataset, sam_checkpoint, models, tmp_path_factory, tmp_path):
+    """Two gloo processes (Detectron2's launch, which sets no WORLD_SIZE): each rank predicts its part, the
+    refinement job splits the images between the ranks, and the files equal a one-process run's."""
+    _, json_file = dataset
+    _, _, _, weights = models
+    root = str(tmp_path_factory.mktemp("d2_unlabeled_ddp"))
+    info = make_tiny_coco(root, num_images=3, seed=2, prefix="unl", with_annotations=False)
+    outputs = {}
+    for processes in (1, 2):
+        spec = {"processes": processes, "labeled_json": json_file,
+                "labeled_images": os.path.join(os.path.dirname(json_file), "images"), "unlabeled_json": info,
+                "unlabeled_images": os.path.join(root, "images"), "weights": weights, "sam_checkpoint": sam_checkpoint,
+                "iterations": ITERATIONS, "out_dir": str(tmp_path / f"p{processes}")}
+        (tmp_path / f"spec{processes}.json").write_text(json.dumps(spec))
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env.pop("WORLD_SIZE", None)
+        done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "d2_ddp_worker.py"),
+                               str(tmp_path / f"spec{processes}.json")], capture_output=True, text=True, env=env,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-4000:]
+        with open(tmp_path / f"p{processes}" / "final" / "pseudo_coarse.json") as f:
+            coarse = json.load(f)
+        with open(tmp_path / f"p{processes}" / "final" / "pseudo_refined.json") as f:
+            refined = json.load(f)
+        outputs[processes] = (coarse["annotations"], refined["annotations"])
+        done_here = [json.loads((tmp_path / f"p{processes}" / f"rank{r}.json").read_text())["images_refined_here"]
+                     for r in range(processes)]
+        assert sum(done_here) == 3  # the ranks split the job's images: none refined twice
+    assert len(outputs[1][0]) > 0
+    key = lambda a: (a["image_id"], a["category_id"], a["segmentation"]["counts"])  # noqa: E731
+    assert sorted(map(key, outputs[2][0])) == sorted(map(key, outputs[1][0]))
+    assert sorted(map(key, outputs[2][1])) == sorted(map(key, outputs[1][1]))
+    assert any(a["segmentation"] != b["segmentation"] for a, b in zip(outputs[1][0], outputs[1][1]))  # refined
