@@ -11,7 +11,6 @@ need --image-info). Rerun the same command after a crash to resume. See docs/pse
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from typing import Any, Dict, List, Optional
@@ -28,14 +27,14 @@ from refine_hooks.jobs import (
 )
 
 # SAMRefiner constructor arguments the job sets itself, or that are not hyper-parameters.
-_NOT_HYPER_PARAMETERS = {"self", "engine", "timer", "min_area", "semantic_margin", "stm_mu"}
+# min_area is the job's own option; semantic_margin and stm_mu concern semantic masks, which the job has not.
+_NOT_HYPER_PARAMETERS = {"min_area", "semantic_margin", "stm_mu"}
 
 
-def _samrefiner_hyper_parameters() -> Dict[str, inspect.Parameter]:
+def _samrefiner_hyper_parameters() -> Dict[str, Any]:
     from refine_hooks.refiners import SAMRefiner
 
-    params = inspect.signature(SAMRefiner.__init__).parameters
-    return {name: p for name, p in params.items() if name not in _NOT_HYPER_PARAMETERS and p.kind == p.KEYWORD_ONLY}
+    return {name: default for name, default in SAMRefiner.hyper_parameters().items() if name not in _NOT_HYPER_PARAMETERS}
 
 
 def _shard(text: str):
@@ -62,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--decoder-chunk-size", type=int, default=None, help="prompts per SAM decoder call")
     model.add_argument("--iou-adapter", help="SAMRefiner++: an IoU adapter from tools/train_iou_adaption.py")
     hyper = parser.add_argument_group("SAMRefiner hyper-parameters (default: the authors')")
-    for name, param in _samrefiner_hyper_parameters().items():
+    for name, default in _samrefiner_hyper_parameters().items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(param.default, bool):
+        if isinstance(default, bool):
             hyper.add_argument(flag, dest=f"hp_{name}", action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default {param.default})")
+                               help=f"(default {default})")
         else:
-            hyper.add_argument(flag, dest=f"hp_{name}", type=type(param.default) if param.default is not None else str,
-                               default=None, metavar=name.upper(), help=f"(default {param.default})")
+            hyper.add_argument(flag, dest=f"hp_{name}", type=type(default) if default is not None else str,
+                               default=None, metavar=name.upper(), help=f"(default {default})")
 
     job = parser.add_argument_group("job")
     job.add_argument("--score-thr", type=float, default=0.0, help="records with a lower 'score' are copied, not refined")

@@ -8,22 +8,19 @@
 
 from __future__ import annotations
 
-import inspect
-
 from detectron2.config import CfgNode as CN
 
 from refine_hooks.refiners import SAMRefiner
 
 BOXES_MODES = {"auto": None, "all": True, "empty": False}
 
-# SAMRefiner arguments that are not hyper-parameters of the method.
-_NOT_HYPER_PARAMETERS = {"self", "engine", "timer", "encoder_batch_size"}
+# Constructor arguments of SAMRefiner that are about throughput, not the method.
+_NOT_EXPOSED = {"encoder_batch_size"}
 
 
 def samrefiner_hyper_parameters():
-    """``{name: default}`` of SAMRefiner's constructor, read from its signature so they never diverge."""
-    return {name: parameter.default for name, parameter in inspect.signature(SAMRefiner.__init__).parameters.items()
-            if name not in _NOT_HYPER_PARAMETERS and parameter.default is not inspect.Parameter.empty}
+    """``{name: default}`` of SAMRefiner's hyper-parameters, as ``MODEL.REFINER.SAMREFINER`` exposes them."""
+    return {name: default for name, default in SAMRefiner.hyper_parameters().items() if name not in _NOT_EXPOSED}
 
 
 def add_refiner_config(cfg: CN) -> None:

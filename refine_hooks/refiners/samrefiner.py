@@ -8,6 +8,8 @@ masks), Gaussian mask prompt with γ = 4 and ω = 30, 3 candidates ranked by the
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -90,6 +92,13 @@ class SAMRefiner(Refiner):
         self.max_chunk_pixels = max_chunk_pixels
         self.encoder_batch_size = encoder_batch_size
         self.timer = timer or NullTimer()
+
+    @classmethod
+    def hyper_parameters(cls) -> Dict[str, object]:
+        """``{name: default}`` of the constructor's keyword arguments (all but ``timer``), read from the
+        signature so that command lines and framework configs never drift from it."""
+        return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind == p.KEYWORD_ONLY and name != "timer"}
 
     @property
     def config(self) -> Dict[str, object]:
