@@ -134,8 +134,9 @@ class PseudoLabelRefineHook(HookBase):
         comm.synchronize()
 
         device = module_device(unwrap(self.trainer.model))
-        if self.refiner is None:
-            self.refiner = build_on_device(self.refiner_spec, device, type(self).__name__, log=logger.info)
+        # Built on first use, then moved to wherever the model is now.
+        self.refiner = build_on_device(self.refiner if self.refiner is not None else self.refiner_spec, device,
+                                       type(self).__name__, log=logger.info)
         options = round_job_options(self.refiner_spec, device, progress=comm.is_main_process(), overrides=self.job_options)
         summary = refine_annotation_file(coarse_path, metadata.image_root, refined_path, options=options,
                                          refiner=self.refiner)

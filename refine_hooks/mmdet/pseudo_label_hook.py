@@ -157,10 +157,9 @@ class PseudoLabelRefineHook(Hook):
         barrier()
 
         device = module_device(runner.model)
-        if self.refiner is None:
-            self.refiner = build_on_device(self.refiner_spec, device, type(self).__name__)
-        elif hasattr(self.refiner, "to"):
-            self.refiner.to(device)
+        # Built on first use, then moved to wherever the model is now.
+        self.refiner = build_on_device(self.refiner if self.refiner is not None else self.refiner_spec, device,
+                                       type(self).__name__)
         summary = refine_annotation_file(coarse_path, dataset.data_prefix.get("img", ""), refined_path,
                                          options=self._job_options(device), refiner=self.refiner)
         barrier()

@@ -103,10 +103,9 @@ class MaskRefinementHook(Hook):
                       "does nothing", logger="current", level=logging.WARNING)
             return
         device = module_device(model)
-        if self.refiner is None:
-            self.refiner = build_on_device(self.refiner_spec, device, type(self).__name__)
-        elif hasattr(self.refiner, "to"):
-            self.refiner.to(device)
+        # Built on first use, then moved to wherever the model is now.
+        self.refiner = build_on_device(self.refiner if self.refiner is not None else self.refiner_spec, device,
+                                       type(self).__name__)
         self.stats = RefineStats()
         original = getattr(model, name)
 
