@@ -93,3 +93,26 @@ def read_image_size(path: str | os.PathLike) -> Tuple[int, int]:
     if orientation in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
     return int(height), int(width)
+
+
+def rgb_from_chw(pixels, size: Tuple[int, int], *, bgr: bool) -> np.ndarray:
+    """uint8 RGB ``H x W x 3`` from a detector's input image, for the refiner.
+
+    Args:
+        pixels: ``3 x h x w`` tensor of values on the 0..255 scale (uint8 or float; rounded and clamped).
+        size: ``(H, W)`` of the output; resized bilinearly (OpenCV) when ``h x w`` differs.
+        bgr: the channels are in BGR order (OpenCV-decoded images, Detectron2's default ``INPUT.FORMAT``).
+    """
+    import cv2
+    import torch
+
+    if not torch.is_tensor(pixels) or pixels.ndim != 3 or pixels.shape[0] != 3:
+        shape = tuple(pixels.shape) if torch.is_tensor(pixels) else type(pixels).__name__
+        raise ValueError(f"expected a 3 x H x W image tensor, got {shape}")
+    image = pixels.detach().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    if bgr:
+        image = image[:, :, ::-1]
+    height, width = size
+    if image.shape[:2] != (height, width):
+        image = cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(image)

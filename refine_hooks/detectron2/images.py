@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from refine_hooks.data.images import ImageReadError, load_image
+from refine_hooks.data.images import ImageReadError, load_image, rgb_from_chw
 from refine_hooks.refiners.detections import SOURCE_INPUTS, ImageGetter, RefineStats, fallback_image_getter
 
 SOURCE_PATH = "file_name"
@@ -30,16 +30,7 @@ def check_input_format(input_format: str) -> None:
 def image_from_input(image: torch.Tensor, size: Tuple[int, int], input_format: str) -> np.ndarray:
     """uint8 RGB ``H x W x 3`` from a model input ``image`` (``3 x h x w`` uint8 or float, 0..255)."""
     check_input_format(input_format)
-    if not torch.is_tensor(image) or image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected the input's 'image' as a 3 x H x W tensor, got "
-                         f"{tuple(image.shape) if torch.is_tensor(image) else type(image).__name__}")
-    array = image.detach().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    if input_format == "BGR":
-        array = array[:, :, ::-1]
-    height, width = size
-    if array.shape[:2] != (height, width):
-        array = cv2.resize(np.ascontiguousarray(array), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(array)
+    return rgb_from_chw(image, size, bgr=input_format == "BGR")
 
 
 def image_from_file(record: Mapping[str, Any], size: Tuple[int, int]) -> Tuple[Optional[np.ndarray], str]:

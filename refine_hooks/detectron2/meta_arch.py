@@ -114,13 +114,12 @@ class RefinementMixin:
                 scores=instances.scores if instances.has("scores") else None,
                 boxes=instances.pred_boxes.tensor if instances.has("pred_boxes") else None,
             ))
-        if all(entry is None for entry in batch):
-            self.refinement_stats.images += len(batch)
-            self.refinement_stats.samples_without_masks += len(batch)
-            return
+        # Outputs without masks (a detection-only model) must not load SAM: the core never calls the
+        # refiner when no entry has masks.
+        refiner = self.refiner if any(entry is not None for entry in batch) else None
         get_image = image_getter(batched_inputs, image_source=options.image_source,
                                  input_format=options.input_format, stats=self.refinement_stats)
-        results = core.refine_detections(self.refiner, batch, get_image, score_thr=options.score_thr,
+        results = core.refine_detections(refiner, batch, get_image, score_thr=options.score_thr,
                                          boxes_from_refined_masks=options.boxes_from_refined_masks,
                                          stats=self.refinement_stats)
         for output, entry, result in zip(outputs, batch, results):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from refine_hooks.data.images import ImageReadError, load_image
+from refine_hooks.data.images import ImageReadError, load_image, rgb_from_chw
 from refine_hooks.refiners.detections import SOURCE_INPUTS
 
 SOURCE_PATH = "img_path"
@@ -22,17 +22,16 @@ IMAGE_SOURCES = ("auto", SOURCE_PATH, SOURCE_INPUTS)
 CHANNEL_ORDERS = ("bgr", "rgb")
 
 
-def _undo_flip(image: np.ndarray, metainfo: Mapping[str, Any]) -> np.ndarray:
+FLIP_DIMS = {"horizontal": (-1,), "vertical": (-2,), "diagonal": (-2, -1)}  # of a 3 x H x W tensor
+
+
+def _undo_flip(pixels: torch.Tensor, metainfo: Mapping[str, Any]) -> torch.Tensor:
     if not metainfo.get("flip", False):
-        return image
+        return pixels
     direction = metainfo.get("flip_direction", "horizontal")
-    if direction == "horizontal":
-        return image[:, ::-1]
-    if direction == "vertical":
-        return image[::-1]
-    if direction == "diagonal":
-        return image[::-1, ::-1]
-    raise ValueError(f"unknown flip_direction {direction!r} in the data sample of {metainfo.get('img_path')}")
+    if direction not in FLIP_DIMS:
+        raise ValueError(f"unknown flip_direction {direction!r} in the data sample of {metainfo.get('img_path')}")
+    return pixels.flip(FLIP_DIMS[direction])
 
 
 def image_from_tensor(
@@ -65,14 +64,7 @@ def image_from_tensor(
         x = x * std.to(x.device).float().view(-1, 1, 1)
     if mean is not None:
         x = x + mean.to(x.device).float().view(-1, 1, 1)
-    image = x.clamp_(0, 255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    image = _undo_flip(image, metainfo)
-    if bgr:
-        image = image[:, :, ::-1]
-    height, width = size
-    if image.shape[:2] != (height, width):
-        image = cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(image)
+    return rgb_from_chw(_undo_flip(x, metainfo), size, bgr=bgr)
 
 
 def image_from_path(metainfo: Mapping[str, Any], size: Tuple[int, int]) -> Tuple[Optional[np.ndarray], str]:
