@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence
 
 from refine_hooks.refiners import detections as core
 from refine_hooks.refiners.base import Refiner
-from refine_hooks.refiners.detections import ImageGetter, boxes_from_masks, masks_to_bool  # noqa: F401 (re-exported)
+from refine_hooks.refiners.detections import ImageGetter, masks_to_bool  # noqa: F401 (re-exported)
 
 from .images import SOURCE_INPUTS, SOURCE_PATH
 

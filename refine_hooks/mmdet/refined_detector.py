@@ -8,8 +8,8 @@ import torch
 from mmdet.models.detectors.base import BaseDetector
 from mmdet.registry import MODELS
 
-from .predictions import RefineStats, refine_data_samples
-from .refiner_setup import RefinerSpec, build_on_device, check_options, image_getter, module_device
+from .predictions import RefineStats
+from .refiner_setup import RefineOptions, RefinerSpec, build_on_device, module_device
 
 PREFIX = "detector."
 
@@ -49,18 +49,14 @@ class RefinedDetector(BaseDetector):
     ):
         if data_preprocessor is not None:
             raise ValueError("RefinedDetector uses its detector's data_preprocessor; set it inside `detector`")
-        check_options(image_source, input_channel_order)
+        options = RefineOptions(score_thr, keep_unrefined, boxes_from_refined_masks, image_source, input_channel_order)
         inner = MODELS.build(detector)
         super().__init__(data_preprocessor=None, init_cfg=init_cfg)
         self.detector = inner
         self.data_preprocessor = inner.data_preprocessor  # shared: same inputs as the plain detector
         self.refiner_spec = refiner
         self.refiner = None
-        self.score_thr = float(score_thr)
-        self.keep_unrefined = keep_unrefined
-        self.boxes_from_refined_masks = boxes_from_refined_masks
-        self.image_source = image_source
-        self.raw_bgr = input_channel_order == "bgr"
+        self.options = options
         self.stats = RefineStats()  # counts since construction
         self.register_load_state_dict_pre_hook(self._add_detector_prefix)
 
@@ -97,23 +93,8 @@ class RefinedDetector(BaseDetector):
             self.refiner = build_on_device(self.refiner_spec, module_device(self.detector), type(self).__name__)
         preprocessor = self.data_preprocessor
         normalized = getattr(preprocessor, "_enable_normalize", False)
-        converted = getattr(preprocessor, "_channel_conversion", False)
-        get_image = image_getter(
-            results,
-            batch_inputs,
-            image_source=self.image_source,
-            bgr=self.raw_bgr != bool(converted),
-            stats=self.stats,
-            mean=preprocessor.mean if normalized else None,
-            std=preprocessor.std if normalized else None,
-        )
-        refine_data_samples(
-            self.refiner,
-            results,
-            get_image,
-            score_thr=self.score_thr,
-            keep_unrefined=self.keep_unrefined,
-            boxes_from_refined_masks=self.boxes_from_refined_masks,
-            stats=self.stats,
-        )
+        self.options.refine(self.refiner, results, batch_inputs, self.stats,
+                            channels_converted=bool(getattr(preprocessor, "_channel_conversion", False)),
+                            mean=preprocessor.mean if normalized else None,
+                            std=preprocessor.std if normalized else None)
         return results

@@ -20,9 +20,9 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
-from .predictions import RefineStats, refine_data_samples
+from .predictions import RefineStats
 from .refined_detector import RefinedDetector
-from .refiner_setup import RefinerSpec, build_on_device, check_options, image_getter, module_device
+from .refiner_setup import RefineOptions, RefinerSpec, build_on_device, module_device
 
 
 @HOOKS.register_module()
@@ -63,14 +63,10 @@ class MaskRefinementHook(Hook):
         refine_val: bool = True,
         refine_test: bool = True,
     ):
-        check_options(image_source, input_channel_order)
+        self.options = RefineOptions(score_thr, keep_unrefined, boxes_from_refined_masks, image_source,
+                                     input_channel_order)
         self.refiner_spec = refiner
         self.refiner = None
-        self.score_thr = float(score_thr)
-        self.keep_unrefined = keep_unrefined
-        self.boxes_from_refined_masks = boxes_from_refined_masks
-        self.image_source = image_source
-        self.bgr = input_channel_order == "bgr"
         self.refine_val = refine_val
         self.refine_test = refine_test
         self.stats: Optional[RefineStats] = None  # counts of the current / last run
@@ -127,13 +123,4 @@ class MaskRefinementHook(Hook):
 
     def _refine(self, data, outputs) -> None:
         inputs = data.get("inputs") if isinstance(data, dict) else None
-        get_image = image_getter(outputs, inputs, image_source=self.image_source, bgr=self.bgr, stats=self.stats)
-        refine_data_samples(
-            self.refiner,
-            outputs,
-            get_image,
-            score_thr=self.score_thr,
-            keep_unrefined=self.keep_unrefined,
-            boxes_from_refined_masks=self.boxes_from_refined_masks,
-            stats=self.stats,
-        )
+        self.options.refine(self.refiner, outputs, inputs, self.stats)
