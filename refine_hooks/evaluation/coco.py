@@ -25,7 +25,7 @@ from refine_hooks.evaluation.results import (
     ap_by_category,
     boundary_note,
     checked_iou_types,
-    prepare_mask_results,
+    read_mask_results,
 )
 
 
@@ -189,11 +189,7 @@ def evaluate_coco(
     """
     iou_types = checked_iou_types(iou_types, max_dets)
     coco_gt = as_coco(gt)
-    if isinstance(predictions, str):
-        from refine_hooks.data.predictions import load_predictions
-
-        predictions = load_predictions(predictions, coco_gt)
-    results, notes = prepare_mask_results(predictions, coco_gt.imgs, coco_gt.cats)
+    results, notes = read_mask_results(predictions, coco_gt, coco_gt.imgs, coco_gt.cats)
     coco_dt = load_results(coco_gt, results)
     out = EvaluationResult(notes=notes)
     for iou_type in iou_types:

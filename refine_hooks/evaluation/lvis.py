@@ -28,7 +28,7 @@ from refine_hooks.evaluation.results import (
     ap_by_category,
     boundary_note,
     checked_iou_types,
-    prepare_mask_results,
+    read_mask_results,
 )
 
 
@@ -162,11 +162,7 @@ def evaluate_lvis(
     """
     iou_types = checked_iou_types(iou_types, max_dets)
     lvis_gt = as_lvis(gt)
-    if isinstance(predictions, str):
-        from refine_hooks.data.predictions import load_predictions
-
-        predictions = load_predictions(predictions, lvis_gt.dataset)
-    results, notes = prepare_mask_results(predictions, lvis_gt.imgs, lvis_gt.cats)
+    results, notes = read_mask_results(predictions, lvis_gt.dataset, lvis_gt.imgs, lvis_gt.cats)
     out = EvaluationResult(notes=notes)
     # One LVISResults (it deep-copies the whole ground-truth dataset) serves both IoU types: evaluation
     # only reads the detections.

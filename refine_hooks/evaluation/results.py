@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -57,6 +57,17 @@ def prepare_mask_results(predictions: Sequence[Dict[str, Any]], imgs: Mapping[in
                          "read the file with refine_hooks.data.predictions.load_predictions and the GT file)")
     notes = [BOX_NOTE + (f" ({n_boxes} of {len(out)} predictions had a box)" if n_boxes else "")]
     return out, notes
+
+
+def read_mask_results(predictions: Union[str, Sequence[Dict[str, Any]]], gt: Any, imgs: Mapping[int, Dict[str, Any]],
+                      cats: Mapping[int, Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """:func:`prepare_mask_results` of a result list, or of a prediction file in any format
+    :func:`refine_hooks.data.predictions.load_predictions` reads (``gt`` maps framework labels)."""
+    if isinstance(predictions, str):
+        from refine_hooks.data.predictions import load_predictions
+
+        predictions = load_predictions(predictions, gt)
+    return prepare_mask_results(predictions, imgs, cats)
 
 
 def boundary_note(table: Any) -> str:
