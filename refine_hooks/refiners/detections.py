@@ -182,7 +182,7 @@ def updated_boxes(boxes: torch.Tensor, coarse: np.ndarray, refined: np.ndarray, 
 
 
 def refine_detections(
-    refiner: Refiner,
+    refiner: Optional[Refiner],
     detections: Sequence[Optional[Detections]],
     get_image: ImageGetter,
     *,
@@ -196,7 +196,8 @@ def refine_detections(
     batch entry is fetched only when it has something to refine.
 
     Args:
-        refiner: any :class:`~refine_hooks.refiners.Refiner`.
+        refiner: any :class:`~refine_hooks.refiners.Refiner`; only called when some detection is selected,
+            so callers may pass None for a batch without masks (and not load a model for it).
         detections: per image, its detections, or None for a prediction without masks (counted in
             ``stats.samples_without_masks``, its entry in the result is None).
         get_image: ``get_image(i, (H, W)) -> (uint8 RGB H x W x 3, source)`` for batch entry ``i``.

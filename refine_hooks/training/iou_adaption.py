@@ -18,13 +18,16 @@ the log).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..data.masks import masks_to_xyxy
+from ..data.annotations import load_annotation_file
+from ..data.images import load_image
+from ..data.masks import masks_to_xyxy, segmentation_to_mask
 from ..sam import SamEngine
 from ..sam.iou_adaption import add_iou_lora, lora_parameters, save_iou_adapter
 
@@ -205,8 +208,6 @@ class CoarseMaskDataset:
     """
 
     def __init__(self, annotation_file: str, image_dir: str, image_info: Optional[str] = None):
-        from ..data.annotations import load_annotation_file
-
         self.source = load_annotation_file(annotation_file, image_info)
         self.image_dir = image_dir
         by_image: Dict[Any, List[Dict[str, Any]]] = {}
@@ -220,11 +221,6 @@ class CoarseMaskDataset:
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> Sample:
-        import os
-
-        from ..data.images import load_image
-        from ..data.masks import segmentation_to_mask
-
         info = self.source.images[self.image_ids[index]]
         image = load_image(os.path.join(self.image_dir, info.file_name))
         height, width = image.shape[:2]
