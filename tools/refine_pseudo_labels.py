@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-info", metavar="JSON", help="COCO annotation file naming the images of a result list / .pth")
 
     model = parser.add_argument_group("refiner")
-    model.add_argument("--refiner", default="samrefiner", choices=["samrefiner", "phoenix"])
+    model.add_argument("--refiner", default="samrefiner", choices=["samrefiner", "phoenix"],
+                       help="samrefiner (training-free) or phoenix (a trained refiner: needs --refiner-checkpoint)")
+    model.add_argument("--refiner-checkpoint", metavar="PATH",
+                       help="--refiner phoenix: a checkpoint from tools/train_refiner.py, trained on this SAM")
     model.add_argument("--model-type", default="vit_h", help="vit_b, vit_l, vit_h, sam_hq_vit_*, tiny (default vit_h)")
     model.add_argument("--checkpoint", help="SAM weights file (default: the official file, downloaded and cached)")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
@@ -99,6 +102,10 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         refiner_kwargs["decoder_chunk_size"] = args.decoder_chunk_size
     if args.iou_adapter:
         refiner_kwargs["iou_adapter"] = os.path.abspath(args.iou_adapter)
+    if args.refiner_checkpoint:
+        if args.refiner != "phoenix":
+            raise ValueError("--refiner-checkpoint is for --refiner phoenix")
+        refiner_kwargs["refiner_checkpoint"] = os.path.abspath(args.refiner_checkpoint)
     device = args.device
     if device is None:
         import torch

@@ -90,15 +90,28 @@ def _load_json(path: str) -> Any:
         raise AnnotationFileError(f"{path}: not valid JSON ({error})") from error
 
 
+def image_file_name(image: Dict[str, Any]) -> Optional[str]:
+    """An image entry's file, relative to the image root: ``file_name``, or for LVIS files (which have only
+    ``coco_url``) the URL's last two parts, e.g. ``train2017/000000391895.jpg`` under the COCO root, as
+    Detectron2's LVIS loader resolves them. None when the entry has neither."""
+    if "file_name" in image:
+        return str(image["file_name"])
+    url = image.get("coco_url")
+    if isinstance(url, str) and url.count("/") >= 1:
+        return "/".join(url.rstrip("/").split("/")[-2:])
+    return None
+
+
 def _images_from_coco(images: List[Dict[str, Any]], source: str) -> Dict[Hashable, ImageInfo]:
     infos: Dict[Hashable, ImageInfo] = {}
     for position, image in enumerate(images):
-        if "id" not in image or "file_name" not in image:
-            raise AnnotationFileError(f"{source}: images[{position}] has no 'id' or no 'file_name'")
+        file_name = image_file_name(image) if isinstance(image, dict) else None
+        if "id" not in image or file_name is None:
+            raise AnnotationFileError(f"{source}: images[{position}] has no 'id' or no 'file_name' (nor an LVIS 'coco_url')")
         height, width = image.get("height"), image.get("width")
         infos[image["id"]] = ImageInfo(
             image_id=image["id"],
-            file_name=str(image["file_name"]),
+            file_name=file_name,
             height=None if height is None else int(height),
             width=None if width is None else int(width),
         )

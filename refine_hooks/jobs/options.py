@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -108,9 +107,3 @@ class JobOptions:
             "keep_coarse": self.keep_coarse,
             "chunk_size": self.chunk_size,
         }
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -25,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 from ..data.annotations import AnnotationFile, limit_images, load_annotation_file, write_annotation_file
+from ..files import file_sha256
 from ..refiners.base import Refiner, RefineResult
 from .distributed import Ranks, init_ranks
-from .options import JobOptions, file_sha256
+from .options import JobOptions
 from .plan import JobInputError, Plan, build_plan, check_images
 from .shards import WorkDir, work_dir_for
 from .summary import Summary, write_summary
@@ -37,17 +38,31 @@ MANIFEST_FORMAT = 1
 
 
 class RefinerUnavailableError(RuntimeError):
-    """The requested refiner is not part of this version of refine-hooks."""
+    """The requested refiner cannot be built from the options (a trained refiner without its checkpoint,
+    or with a checkpoint that is not one); the message names the option or the file."""
+
+
+def check_refiner_options(options: JobOptions) -> None:
+    """Fail before any work when a trained refiner's checkpoint is missing or unreadable."""
+    if options.refiner != "phoenix":
+        return
+    from ..sam.refiner_weights import RefinerCheckpointError, read_refiner_checkpoint
+
+    path = options.refiner_kwargs.get("refiner_checkpoint")
+    if not path:
+        raise RefinerUnavailableError("--refiner phoenix needs --refiner-checkpoint PATH (a checkpoint written by "
+                                      "tools/train_refiner.py)")
+    try:
+        read_refiner_checkpoint(path)
+    except RefinerCheckpointError as error:
+        raise RefinerUnavailableError(str(error)) from None
 
 
 def build_job_refiner(options: JobOptions, ranks: Optional[Ranks] = None) -> Refiner:
     """The refiner the options ask for, on this rank's device."""
-    from ..refiners import REFINER_BUILDERS, build_refiner
+    from ..refiners import build_refiner
 
-    if options.refiner == "phoenix" and "Phoenix" not in REFINER_BUILDERS:
-        raise RefinerUnavailableError(
-            "the Phoenix refiner is not available yet in refine-hooks; use --refiner samrefiner"
-        )
+    check_refiner_options(options)
     device = options.device
     if device == "cuda" and ranks is not None and ranks.world_size > 1:
         device = f"cuda:{ranks.local_rank}"
@@ -233,12 +248,12 @@ def refine_annotation_file(
     Raises:
         JobInputError: bad records or images that the options do not allow, before any work.
         WorkDirMismatchError: the work directory holds a half-done job with other inputs or options.
-        RefinerUnavailableError: ``--refiner phoenix``.
+        RefinerUnavailableError: ``--refiner phoenix`` without a readable refiner checkpoint.
     """
     options = options or JobOptions()
     options.validate()
-    if refiner is None and options.refiner == "phoenix":
-        build_job_refiner(options)  # raises RefinerUnavailableError before anything is read
+    if refiner is None:
+        check_refiner_options(options)  # before anything is read
     ranks = init_ranks()
     try:
         return _run(input_path, image_dir, output_path, options, refiner, ranks)

@@ -15,7 +15,9 @@ import torch
 from ..resize import AxisMap, apply_to_box
 from .points import InteriorDistance
 
-GAUSSIAN_KINDS = ("distance", "spatial")
+# ``binary`` is no Gaussian: weight 1 on the whole mask, i.e. the plain +-strength encoding of a binary
+# mask (the mask prompt Phoenix-style refiners are trained with, PHOENIX_FACTS "model").
+GAUSSIAN_KINDS = ("distance", "spatial", "binary")
 
 
 def gaussian_weights(depth: InteriorDistance, area: int, gamma: float, kind: str = "distance") -> np.ndarray:
@@ -23,10 +25,12 @@ def gaussian_weights(depth: InteriorDistance, area: int, gamma: float, kind: str
 
     ``distance`` (the authors' code, our default): ``exp(-(d - d_max)^2 / max(area / gamma, 1))`` with d the
     distance to the background. ``spatial`` (the paper's eq. 3): ``exp(-r^2 / (area * gamma))`` with r the
-    distance to the positive point (the deepest pixel).
+    distance to the positive point (the deepest pixel). ``binary``: 1 on the whole mask.
     """
     values = depth.values
     inside = values > 0
+    if kind == "binary":
+        return inside.astype(np.float32)
     if kind == "distance":
         spread = max(area / gamma, 1.0)
         weights = np.exp(-((values - values.max()) ** 2) / spread)

@@ -9,6 +9,7 @@ import torch
 from ..sam import SamEngine, build_sam_model
 from ..sam.iou_adaption import load_iou_adapter
 from .base import Refiner
+from .phoenix import build_phoenix
 from .samrefiner import SAMRefiner
 
 
@@ -36,11 +37,12 @@ def build_samrefiner(
     return SAMRefiner(engine, **hyper_parameters)
 
 
-REFINER_BUILDERS: Dict[str, Callable[..., Refiner]] = {"SAMRefiner": build_samrefiner}
+REFINER_BUILDERS: Dict[str, Callable[..., Refiner]] = {"SAMRefiner": build_samrefiner, "Phoenix": build_phoenix}
 
 
 def build_refiner(config: Mapping[str, Any]) -> Refiner:
-    """``build_refiner(dict(type='SAMRefiner', model_type='vit_h', checkpoint=None, device='cuda', ...))``."""
+    """``build_refiner(dict(type='SAMRefiner', model_type='vit_h', checkpoint=None, device='cuda', ...))``, or
+    ``dict(type='Phoenix', model_type='vit_h', checkpoint=SAM_WEIGHTS, refiner_checkpoint=PATH, ...)``."""
     config = dict(config)
     kind = config.pop("type", "SAMRefiner")
     if kind not in REFINER_BUILDERS:

@@ -43,7 +43,8 @@ class SAMRefiner(Refiner):
         semantic_margin: λ used by :meth:`refine_semantic` (the authors' default 0).
         gamma: γ, the spread of the Gaussian mask prompt.
         strength: ω, the amplitude of the mask prompt (the authors' code: 30; the paper: 15).
-        gaussian: ``distance`` (the authors' code) or ``spatial`` (the paper's eq. 3).
+        gaussian: ``distance`` (the authors' code), ``spatial`` (the paper's eq. 3) or ``binary`` (no
+            Gaussian: +strength on the whole mask, the encoding trained refiners default to).
         multimask_output: decode 3 candidates and keep the one with the highest predicted IoU.
         min_area: masks with fewer pixels pass through unchanged.
         stm_mu: μ of split-then-merge.
@@ -234,6 +235,16 @@ class SAMRefiner(Refiner):
             if active.size == 0:
                 break
         return current, ious, empty_first
+
+    def prompts_for(self, embedding: ImageEmbedding, masks: np.ndarray) -> Dict[str, torch.Tensor]:
+        """What one cascade iteration feeds the decoder for non-empty bool ``n x H x W`` masks of an encoded
+        image, with tight boxes (no elastic box): keyword arguments of :meth:`SamEngine.decode`
+        (``point_coords`` float32 ``n x P x 2`` and ``point_labels`` int64 ``n x P`` in original pixels,
+        ``boxes`` float32 ``n x 4``, ``mask_inputs`` float32 ``n x 1 x m x m``; each only when switched on).
+
+        Trainers of refiners call it so that a model is trained on exactly the prompts it is run with.
+        """
+        return self._prompts(embedding, masks, None, 0.0)
 
     def _prompts(
         self, embedding: ImageEmbedding, masks: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float

@@ -1,4 +1,5 @@
-"""Training of refiner weights: SAMRefiner++'s IoU adaption (:mod:`.iou_adaption`)."""
+"""Training of refiner weights: SAMRefiner++'s IoU adaption (:mod:`.iou_adaption`) and trained refiners,
+Phoenix and SUM's mask-refinement module (:mod:`.phoenix`)."""
 
 from .iou_adaption import CoarseMaskDataset, IoUAdaptionConfig, IoUAdaptionTrainer, TrainingLog
 
