@@ -7,7 +7,7 @@ the (noisy) boundary.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,8 +15,8 @@ import torch
 from ..resize import AxisMap, apply_to_box
 from .points import InteriorDistance
 
-# ``binary`` is no Gaussian: weight 1 on the whole mask, i.e. the plain +-strength encoding of a binary
-# mask (the mask prompt Phoenix-style refiners are trained with, PHOENIX_FACTS "model").
+# ``binary`` is no Gaussian: the plain +-strength encoding of a binary mask (the mask prompt trained
+# refiners default to, PHOENIX_FACTS "model"); :func:`dense_mask_prompt` takes None weights for it.
 GAUSSIAN_KINDS = ("distance", "spatial", "binary")
 
 
@@ -25,12 +25,10 @@ def gaussian_weights(depth: InteriorDistance, area: int, gamma: float, kind: str
 
     ``distance`` (the authors' code, our default): ``exp(-(d - d_max)^2 / max(area / gamma, 1))`` with d the
     distance to the background. ``spatial`` (the paper's eq. 3): ``exp(-r^2 / (area * gamma))`` with r the
-    distance to the positive point (the deepest pixel). ``binary``: 1 on the whole mask.
+    distance to the positive point (the deepest pixel).
     """
     values = depth.values
     inside = values > 0
-    if kind == "binary":
-        return inside.astype(np.float32)
     if kind == "distance":
         spread = max(area / gamma, 1.0)
         weights = np.exp(-((values - values.max()) ** 2) / spread)
@@ -46,7 +44,7 @@ def gaussian_weights(depth: InteriorDistance, area: int, gamma: float, kind: str
 
 def dense_mask_prompt(
     masks: Sequence[np.ndarray],
-    weights: Sequence[np.ndarray],
+    weights: Sequence[Optional[np.ndarray]],
     boxes: np.ndarray,
     amplitude: np.ndarray,
     frame: Tuple[AxisMap, AxisMap],
@@ -59,7 +57,8 @@ def dense_mask_prompt(
 
     Args:
         masks: bool ``h_i x w_i`` crops of the coarse masks on their tight inclusive ``boxes`` (``N x 4``).
-        weights: float32 ``h_i x w_i`` Gaussian weights on the same crops (0 outside each mask).
+        weights: float32 ``h_i x w_i`` Gaussian weights on the same crops (0 outside each mask), or None
+            for the plain binary encoding (+amplitude inside, -amplitude outside).
         amplitude: float32 ``N``: ``strength`` (ω), or 1 for masks whose box was expanded.
         frame: the original -> mask-input chain, on the device the prompts are wanted on.
 
@@ -71,6 +70,8 @@ def dense_mask_prompt(
     prompts = torch.empty((len(masks), 1, rows.size[0], cols.size[0]), device=device)
     for i, (mask, weight, box) in enumerate(zip(masks, weights, boxes)):
         signed = apply_to_box(rows, cols, torch.from_numpy(mask).to(device).float() * 2 - 1, box, constant=-1.0)
-        gauss = apply_to_box(rows, cols, torch.from_numpy(weight).to(device), box)
-        prompts[i, 0] = torch.where(signed > 0, float(amplitude[i]), -float(amplitude[i])) * torch.where(gauss > 0, gauss, 1.0)
+        prompts[i, 0] = torch.where(signed > 0, float(amplitude[i]), -float(amplitude[i]))
+        if weight is not None:
+            gauss = apply_to_box(rows, cols, torch.from_numpy(weight).to(device), box)
+            prompts[i, 0] *= torch.where(gauss > 0, gauss, 1.0)
     return prompts

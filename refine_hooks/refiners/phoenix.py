@@ -124,7 +124,7 @@ def build_phoenix(
     model = build_sam_model(model_type, checkpoint, download=download)
     if hasattr(model.mask_decoder, "hf_token"):
         raise ValueError("Phoenix refiners are trained on SAM (vit_b/l/h, tiny), not on HQ-SAM")
-    load_refiner_weights(model, state, fingerprint=sam_fingerprint(model))
+    load_refiner_weights(model, state, fingerprint=sam_fingerprint(model), source=path)
     engine = SamEngine(model, device=device, precision=precision, decoder_chunk_size=decoder_chunk_size,
                        batch_invariant=batch_invariant)
     checkpoint_id = {"path": path, "sha256": file_sha256(path), "kind": state.get("kind")}

@@ -265,7 +265,10 @@ class SAMRefiner(Refiner):
             prompts["boxes"] = torch.from_numpy(boxes.astype(np.float32))
         if self.use_mask:
             crops = [mask[y1 : y2 + 1, x1 : x2 + 1] for mask, (x1, y1, x2, y2) in zip(masks, tight)]
-            weights = [gaussian_weights(d, int(c.sum()), self.gamma, self.gaussian) for d, c in zip(depths, crops)]
+            if self.gaussian == "binary":
+                weights = [None] * len(crops)
+            else:
+                weights = [gaussian_weights(d, int(c.sum()), self.gamma, self.gaussian) for d, c in zip(depths, crops)]
             # The authors' code means amplitude 1 for masks whose box was expanded, but applies the flag
             # of the last mask to the whole batch; we apply it per mask.
             amplitude = np.where(expanded, 1.0, self.strength)

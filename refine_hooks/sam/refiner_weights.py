@@ -116,12 +116,13 @@ def read_refiner_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 
 def load_refiner_weights(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
-                         *, fingerprint: Optional[str] = None) -> Dict[str, Any]:
+                         *, fingerprint: Optional[str] = None, source: Optional[str] = None) -> Dict[str, Any]:
     """Put a refiner checkpoint's prompt encoder and mask decoder into ``model`` (in place).
 
     Args:
         checkpoint: a path, or what :func:`read_refiner_checkpoint` returned.
         fingerprint: :func:`sam_fingerprint` of ``model`` when the caller has it already.
+        source: how messages name the checkpoint when ``checkpoint`` is its contents (its path).
 
     Returns:
         the checkpoint's contents.
@@ -130,7 +131,7 @@ def load_refiner_weights(model: nn.Module, checkpoint: Union[str, os.PathLike, M
         RefinerCheckpointError: the checkpoint belongs to another SAM (both fingerprints named) or its
             weights do not fit the model.
     """
-    path = checkpoint if not isinstance(checkpoint, Mapping) else "<refiner checkpoint>"
+    path = checkpoint if not isinstance(checkpoint, Mapping) else (source or "<refiner checkpoint>")
     state = read_refiner_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else dict(checkpoint)
     own = fingerprint or sam_fingerprint(model)
     if state["sam_fingerprint"] != own:

@@ -50,14 +50,16 @@ def _shape(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 def make_scene(rng: np.random.Generator, height: int, width: int, objects: int) -> Tuple[np.ndarray, List[np.ndarray]]:
     """uint8 ``H x W x 3`` image and the visible bool mask of each of ``objects`` shapes (later ones on top;
     masks under 1% of the image after occlusion are dropped)."""
-    pixels = _texture(rng, height, width)
-    masks: List[np.ndarray] = []
-    for _ in range(objects):
-        mask = _shape(rng, height, width)
-        pixels[mask] = _texture(rng, height, width)[mask]
-        masks = [m & ~mask for m in masks] + [mask]
-    masks = [m for m in masks if m.sum() >= 0.01 * height * width]
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), masks
+    while True:
+        pixels = _texture(rng, height, width)
+        masks: List[np.ndarray] = []
+        for _ in range(objects):
+            mask = _shape(rng, height, width)
+            pixels[mask] = _texture(rng, height, width)[mask]
+            masks = [m & ~mask for m in masks] + [mask]
+        masks = [m for m in masks if m.sum() >= 0.01 * height * width]
+        if masks:
+            return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), masks
 
 
 def make_shapes_coco(root: str, *, num_images: int, size=(128, 128), objects=(1, 3), seed: int = 0,

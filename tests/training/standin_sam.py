@@ -1,0 +1,85 @@
+"""A stand-in for pre-trained SAM: a tiny SAM fitted (encoder, prompt encoder, decoder) to generated shapes.
+
+AMP needs a decoder that already segments what its prompts point at (a random decoder's masks are
+unrelated to the target, so there is no IoU band to search), and no real SAM weights exist here. This
+fits a small SAM of the real ``segment_anything`` modules to :mod:`shapes` scenes from the prompts SAM is
+trained with: the target's mined points and tight box (mask token 0, the output AMP perturbs) and one
+random point inside (the multimask tokens, best of three). It is test scaffolding, not product code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from refine_hooks.refiners import SAMRefiner
+from refine_hooks.sam import SamEngine, TinySamConfig, build_tiny_sam
+from refine_hooks.sam.engine import ImageEmbedding
+from refine_hooks.training.phoenix.decoder import PromptDecoder, PromptSet, embed_prompts
+from refine_hooks.training.phoenix.losses import dice_loss, focal_loss
+from refine_hooks.training.phoenix.step import low_res_frame_masks
+
+STANDIN_CONFIG = TinySamConfig(image_size=128, patch_size=4, encoder_embed_dim=48, encoder_depth=2,
+                               encoder_num_heads=2, encoder_window_size=8, prompt_embed_dim=32,
+                               decoder_depth=2, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32)
+
+
+def fit_standin_sam(scenes, *, steps: int, batch: int = 8, lr: float = 2e-3, seed: int = 0):
+    """Fit a tiny SAM to ``scenes`` (``[{"image", "masks"}]``); returns it in eval mode with a log of losses."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sam = build_tiny_sam(STANDIN_CONFIG, seed=seed)
+    engine = SamEngine(sam)
+    prompter = SAMRefiner(engine, use_mask=False, margin=0.0)
+    decoder = PromptDecoder(sam.prompt_encoder, sam.mask_decoder, batch_invariant=False)
+    optimizer = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sam.train()
+    losses = []
+    for _ in range(steps):
+        picks = [(int(rng.integers(len(scenes))), rng) for _ in range(batch)]
+        features, sets_box, sets_point, targets, valid = [], [], [], [], []
+        for row, (index, _) in enumerate(picks):
+            scene = scenes[index]
+            target = scene["masks"][int(rng.integers(len(scene["masks"])))]
+            image = scene["image"]
+            if rng.random() < 0.5:
+                image, target = image[:, ::-1].copy(), target[:, ::-1].copy()
+            pixels, input_size = engine.preprocess(image)
+            features.append(sam.image_encoder(pixels[None]))
+            embedding = ImageEmbedding(features[-1].detach(), image.shape[:2], input_size)
+            box_prompts = prompter.prompts_for(embedding, target[None])
+            ys, xs = np.nonzero(target)
+            k = int(rng.integers(ys.size))
+            point = {"point_coords": torch.tensor([[[float(xs[k]), float(ys[k])]]]), "point_labels": torch.ones((1, 1), dtype=torch.int64)}
+            sets_box.append(PromptSet(*embed_prompts(sam.prompt_encoder, engine, embedding, box_prompts), row))
+            sets_point.append(PromptSet(*embed_prompts(sam.prompt_encoder, engine, embedding, point), row))
+            targets.append(low_res_frame_masks(engine, embedding, target))
+            valid.append(low_res_frame_masks(engine, embedding, np.ones(target.shape, bool)))
+        images = torch.cat(features)
+        targets, valid = torch.stack(targets), torch.stack(valid)
+        box_out = decoder(images, sets_box)
+        point_out = decoder(images, sets_point)
+        box_loss = 20 * focal_loss(box_out.logits[:, 0], targets, valid) + dice_loss(box_out.logits[:, 0], targets, valid)
+        point_losses = 20 * focal_loss(point_out.candidates, targets, valid) + dice_loss(point_out.candidates, targets, valid)
+        loss = box_loss.mean() + point_losses.min(dim=1).values.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss))
+    return sam.eval(), losses
+
+
+def box_prompt_iou(sam, scenes) -> float:
+    """Mean IoU of the stand-in's token-0 mask for each target's mined points and box (what AMP starts from)."""
+    engine = SamEngine(sam)
+    prompter = SAMRefiner(engine, use_mask=False, margin=0.0)
+    ious = []
+    for scene in scenes:
+        embedding = engine.encode([scene["image"]])[0]
+        for target in scene["masks"]:
+            logits, _ = engine.decode(embedding, multimask_output=False, **prompter.prompts_for(embedding, target[None]))
+            mask = engine.upsample_masks(logits[:, 0], embedding)[0]
+            ious.append((mask & target).sum() / max((mask | target).sum(), 1))
+    return float(np.mean(ious))
