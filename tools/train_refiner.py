@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from refine_hooks.sam import CheckpointUnavailableError  # noqa: E402
 from refine_hooks.sam.refiner_weights import RefinerCheckpointError  # noqa: E402
 from refine_hooks.training.phoenix import (  # noqa: E402
-    AMPConfig, CMRLConfig, TrainingConfig, TrainingData, TrainingDataError, TrainingResumeError, train_refiner)
+    AMPConfig, CMRLConfig, SamNoiseConfig, SelfSupervisedConfig, TrainingConfig, TrainingData, TrainingDataError,
+    TrainingResumeError, train_refiner)
 from refine_hooks.training.phoenix.config import CRITERIA, GUIDANCE_KINDS, MASK_ENCODINGS, NOISE_KINDS, PRECISIONS  # noqa: E402
 
 
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="τ ~ U(LOW, HIGH) (default 0.3 0.9)")
     method.add_argument("--amp-guidance", nargs="+", default=list(amp.guidance), choices=GUIDANCE_KINDS)
     method.add_argument("--amp-criterion", default=amp.criterion, choices=CRITERIA)
+    method.add_argument("--filter-predicted-iou", type=float, default=SamNoiseConfig().min_predicted_iou,
+                        help="SAM's quality filter for --noise sam and --unlabeled targets (default 0.88)")
+    method.add_argument("--filter-stability", type=float, default=SamNoiseConfig().min_stability,
+                        help="SAM's stability filter for --noise sam and --unlabeled targets (default 0.95)")
     method.add_argument("--cmrl-weight", type=float, default=cmrl.weight, help="λ_CMRL (default 1e-3)")
     method.add_argument("--cmrl-temperature", type=float, default=cmrl.temperature, help="τ of CMRL (default 0.1)")
 
@@ -100,6 +105,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
                       max_decays=args.amp_decays, tau_range=tuple(args.amp_tau), guidance=tuple(args.amp_guidance),
                       criterion=args.amp_criterion),
         cmrl=CMRLConfig(enabled=args.contrastive, weight=args.cmrl_weight, temperature=args.cmrl_temperature),
+        sam_noise=SamNoiseConfig(min_predicted_iou=args.filter_predicted_iou, min_stability=args.filter_stability),
+        self_supervised=SelfSupervisedConfig(min_predicted_iou=args.filter_predicted_iou, min_stability=args.filter_stability),
     )
 
 

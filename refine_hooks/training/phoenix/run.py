@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from ...sam import build_sam_model
+from ...sam import SamEngine, build_sam_model
 from .config import TrainingConfig
 from .data import (CocoSource, FolderPairSource, Source, TrainingDataError, UnlabeledSource, generate_pseudo_targets,
                    image_files)
@@ -98,9 +98,7 @@ def train_refiner(data: TrainingData, out: str, config: TrainingConfig, *, model
         sources = build_sources(data, work_dir=work_dir, config=config, ranks=ranks, log=note, progress=progress)
     sam = build_sam_model(model_type, checkpoint)
     if data.unlabeled:
-        from ...sam import SamEngine
-
-        engine = SamEngine(sam, device=device if not device == "cuda" or ranks.world_size == 1 else f"cuda:{ranks.local_rank}")
+        engine = SamEngine(sam, device=ranks.device(device))
         sources = build_sources(data, engine=engine, work_dir=work_dir, config=config, ranks=ranks, log=note, progress=progress)
     sam_info = {"model_type": model_type, "checkpoint": os.path.abspath(checkpoint) if checkpoint else None}
     trainer = RefinerTrainer(sam, sources, config, work_dir=work_dir, device=device, sam_info=sam_info,
@@ -113,6 +111,6 @@ def train_refiner(data: TrainingData, out: str, config: TrainingConfig, *, model
     trainer.train()
     if ranks.is_main:
         trainer.save_refiner(out)
-    ranks.barrier()
+    ranks.close()
     return {"iterations": trainer.iteration, "samples": len(trainer.refs), "out": out,
             "log": os.path.join(work_dir, "log.jsonl"), "work_dir": work_dir}

@@ -40,6 +40,10 @@ from .losses import dice_loss, focal_loss, mask_ious
 from .noise import morphological_noise, sam_pseudo_label
 
 LOSS_TERMS = ("loss", "focal", "dice", "iou", "cmrl", "intra", "inter", "self")
+# Everything a step counts (every rank sums the same list, whatever happened on it).
+STATISTICS = LOSS_TERMS + ("pairs", "samples", "skipped_small_target", "sam_rejected", "amp_masks", "amp_updates",
+                           "amp_hit", "amp_overshot", "amp_missed", "amp_empty_replaced", "cascade_empty",
+                           "prompts_dropped")
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ from .cmrl import Projector
 from .config import TrainingConfig
 from .data import SampleLoader, Source, TargetRef
 from .embeddings import EmbeddingCache
-from .step import LOSS_TERMS, RefinerStep
+from .step import LOSS_TERMS, STATISTICS, RefinerStep
 
 CHECKPOINT = "last.pth"
 LOG = "log.jsonl"
@@ -52,10 +52,15 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_process_group: bool = False
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def device(self, device: str) -> str:
+        """``cuda`` means this process's GPU under torchrun."""
+        return f"cuda:{self.local_rank}" if device == "cuda" and self.world_size > 1 else device
 
     @classmethod
     def from_environment(cls, device: str) -> "Ranks":
@@ -63,9 +68,10 @@ class Ranks:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
-        if not dist.is_initialized():
+        owns = not dist.is_initialized()
+        if owns:
             dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
@@ -75,6 +81,12 @@ class Ranks:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def close(self) -> None:
+        """Wait for every process, and end the process group when this code started it."""
+        self.barrier()
+        if self.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def warmup_cosine(warmup: int, total: int):
@@ -136,8 +148,7 @@ class RefinerTrainer:
         config.validate()
         self.config = config
         self.ranks = ranks or Ranks()
-        if device == "cuda" and self.ranks.world_size > 1:
-            device = f"cuda:{self.ranks.local_rank}"
+        device = self.ranks.device(device)
         if config.batch_size % self.ranks.world_size:
             raise ValueError(f"the global batch ({config.batch_size}) must split evenly over {self.ranks.world_size} processes")
         self.work_dir = work_dir
@@ -286,10 +297,11 @@ class RefinerTrainer:
         self.scaler.update()
         self.scheduler.step()
         self.iteration += 1
-        names = sorted(result.sums)
-        keys = sorted(set(names) | set(LOSS_TERMS) | {"pairs", "samples"})
-        summed = self.ranks.sum(torch.tensor([float(result.sums.get(k, 0.0)) for k in keys], dtype=torch.float64))
-        stats = dict(zip(keys, summed.tolist()))
+        unknown = set(result.sums) - set(STATISTICS)
+        if unknown:
+            raise RuntimeError(f"internal error: step statistics {sorted(unknown)} are not in STATISTICS")
+        summed = self.ranks.sum(torch.tensor([float(result.sums.get(k, 0.0)) for k in STATISTICS], dtype=torch.float64))
+        stats = dict(zip(STATISTICS, summed.tolist()))
         stats.update(lr=lr, grad_norm=float(grad_norm), seconds=time.perf_counter() - started)
         return stats
 
@@ -325,14 +337,14 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 def summarise(stats: Dict[str, float]) -> Dict[str, float]:
     """Per-pair means of the loss terms and the AMP / skip counters of one step, as the log writes them."""
     pairs = max(stats.get("pairs", 0.0), 1.0)
-    row = {name: stats.get(name, 0.0) / pairs for name in LOSS_TERMS if name in stats}
+    row = {name: stats.get(name, 0.0) / pairs for name in LOSS_TERMS}  # CMRL's terms are 0 when it is off
     masks = stats.get("amp_masks", 0.0)
     if masks:
         row["amp_updates_per_mask"] = stats.get("amp_updates", 0.0) / masks
         for outcome in ("hit", "overshot", "missed"):
             row[f"amp_{outcome}"] = stats.get(f"amp_{outcome}", 0.0) / masks
     for name in ("samples", "skipped_small_target", "sam_rejected", "amp_empty_replaced", "cascade_empty", "prompts_dropped"):
-        if name in stats:
+        if stats.get(name):
             row[name] = stats[name]
     row["lr"] = stats["lr"]
     row["grad_norm"] = stats["grad_norm"]
