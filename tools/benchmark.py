@@ -1,6 +1,7 @@
 """Benchmarks: speed and memory of the refiner, the pseudo-label job and the evaluation.
 
-    python tools/benchmark.py refiner --model-type vit_b --image-size 480x640 --masks 10 50
+    python tools/benchmark.py refiner --model-type vit_b --image-size 480x640 --masks 10 50 [--refiner phoenix]
+    python tools/benchmark.py train --model-type tiny vit_b --cache off on
     python tools/benchmark.py job --help
     python tools/benchmark.py evaluation --help
 """
@@ -8,7 +9,8 @@
 import importlib
 import sys
 
-SUITES = {"refiner": "refine_hooks.benchmarks.refiner", "job": "refine_hooks.benchmarks.jobs", "evaluation": "refine_hooks.benchmarks.evaluation"}
+SUITES = {"refiner": "refine_hooks.benchmarks.refiner", "job": "refine_hooks.benchmarks.jobs",
+          "evaluation": "refine_hooks.benchmarks.evaluation", "train": "refine_hooks.benchmarks.training"}
 
 
 def main(argv=None) -> int:

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..refiners import SAMRefiner
+from ..refiners import Phoenix, SAMRefiner
 from ..sam import SamEngine, build_random_sam
+from ..sam.refiner_weights import sam_fingerprint, trained_state
 from ..timing import StageTimer
 
 
@@ -90,27 +91,39 @@ def count_decoder_passes(model: torch.nn.Module):
     return passes, handle
 
 
+def random_phoenix_state(model: torch.nn.Module) -> Dict[str, object]:
+    """A refiner checkpoint's contents for a random SAM (its own decoder as the "trained" one, Phoenix's
+    default prompts and mask encoding): what a Phoenix refiner costs does not depend on its weights."""
+    return {"kind": "phoenix", "sam_fingerprint": sam_fingerprint(model), "weights": trained_state(model),
+            "mask_prompt": {"encoding": "binary", "strength": 30.0, "gamma": 4.0},
+            "prompts": {"use_point": True, "use_box": True, "add_negative": True}}
+
+
 def run(model_type: str, height: int, width: int, num_masks: int, *, iterations: int = 5, device: str = "cpu",
-        precision: str = "fp32", decoder_chunk_size: int = 64, repeats: int = 1) -> Dict[str, float]:
+        precision: str = "fp32", decoder_chunk_size: int = 64, repeats: int = 1, refiner: str = "samrefiner") -> Dict[str, float]:
     """Refine one generated image ``repeats`` times; seconds per stage are per image (mean)."""
     timer = StageTimer(cuda_sync=device.startswith("cuda"))
     with timer("load"):
         engine = SamEngine(build_random_sam(model_type), device=device, precision=precision, decoder_chunk_size=decoder_chunk_size)
-    refiner = SAMRefiner(engine, iterations=iterations, timer=timer)
+    if refiner == "phoenix":
+        refiner_ = Phoenix(engine, random_phoenix_state(engine.model), iterations=iterations, timer=timer)
+    else:
+        refiner_ = SAMRefiner(engine, iterations=iterations, timer=timer)
     image, masks = generate_scene(height, width, num_masks)
-    refiner.refine(image, masks[:1])  # warm-up: first-call allocations and kernel selection
+    refiner_.refine(image, masks[:1])  # warm-up: first-call allocations and kernel selection
     timer.seconds.clear()
     work = pass_gflop(engine.model)  # before the pass counter: a deep copy would carry its hook
     decoder_passes, counting = count_decoder_passes(engine.model)
     start = time.perf_counter()
     for _ in range(repeats):
-        refiner.refine(image, masks)
+        refiner_.refine(image, masks)
     total = (time.perf_counter() - start) / repeats
     stages = {stage: seconds / repeats for stage, seconds in timer.seconds.items()}
     outside_encoder = total - stages.get("encode", 0.0)
     counting.remove()
     passes = decoder_passes[0] / repeats
     return {
+        "refiner": refiner,
         "model_type": model_type,
         "image_size": f"{height}x{width}",
         "masks": num_masks,
@@ -140,14 +153,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--decoder-chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--refiner", nargs="+", default=["samrefiner"], choices=["samrefiner", "phoenix"],
+                        help="one or both, measured side by side on the same masks (phoenix: random weights)")
     parser.add_argument("--json", help="append results as JSON lines to this file")
     args = parser.parse_args(argv)
     height, width = (int(v) for v in args.image_size.lower().split("x"))
     for count in args.masks:
-        result = run(args.model_type, height, width, count, iterations=args.iterations, device=args.device,
-                     precision=args.precision, decoder_chunk_size=args.decoder_chunk_size, repeats=args.repeats)
-        print(json.dumps(result))
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(result) + "\n")
+        for refiner in args.refiner:
+            result = run(args.model_type, height, width, count, iterations=args.iterations, device=args.device,
+                         precision=args.precision, decoder_chunk_size=args.decoder_chunk_size, repeats=args.repeats,
+                         refiner=refiner)
+            print(json.dumps(result))
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(result) + "\n")
     return 0

@@ -30,6 +30,7 @@ import torch
 from ...refiners.samrefiner import SAMRefiner
 from ...resize import apply_to_box
 from ...sam.engine import ImageEmbedding, SamEngine
+from ...timing import NullTimer
 from .amp import guidance_masks, perturb
 from .cmrl import Projector, cmrl_loss
 from .config import TrainingConfig
@@ -85,11 +86,13 @@ class RefinerStep:
         projector: CMRL's projector g (None: CMRL off).
         config: training settings.
         cache: embedding cache, or None.
+        timer: a :class:`refine_hooks.timing.StageTimer` (benchmark tool): ``encode``, ``noise``, ``decode_loss``.
     """
 
     def __init__(self, engine: SamEngine, trained: torch.nn.ModuleDict, projector: Optional[Projector],
-                 config: TrainingConfig, cache: Optional[EmbeddingCache] = None):
+                 config: TrainingConfig, cache: Optional[EmbeddingCache] = None, timer=None):
         self.engine, self.trained, self.projector, self.config, self.cache = engine, trained, projector, config, cache
+        self.timer = timer or NullTimer()
         invariant = engine.device.type == "cpu" if config.batch_invariant is None else config.batch_invariant
         model = engine.model
         self.frozen_decoder = PromptDecoder(model.prompt_encoder, model.mask_decoder, batch_invariant=invariant)
@@ -188,7 +191,10 @@ class RefinerStep:
     # ------------------------------------------------------------------ the loss
     def __call__(self, samples: Sequence[Sample], global_batch: int) -> StepResult:
         counts: Dict[str, float] = collections.defaultdict(float)
-        prepared = self.make_noise(self.prepare(samples, counts), counts)
+        with self.timer("encode"):
+            prepared = self.prepare(samples, counts)
+        with self.timer("noise"):
+            prepared = self.make_noise(prepared, counts)
         total: Optional[torch.Tensor] = None
         steps = self.config.cascade_steps + 1
         active = prepared
@@ -197,7 +203,8 @@ class RefinerStep:
         for step in range(steps):
             if not active:
                 break
-            losses, refined = self._forward(active, step, dropout_rngs, generators, counts)
+            with self.timer("decode_loss"):
+                losses, refined = self._forward(active, step, dropout_rngs, generators, counts)
             part = losses.sum() / (steps * global_batch)
             total = part if total is None else total + part
             following = []

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ...sam.engine import SamEngine
 from ...sam.refiner_weights import sam_fingerprint, save_refiner_checkpoint, trained_state
+from ...timing import NullTimer
 from .cmrl import Projector
 from .config import TrainingConfig
 from .data import SampleLoader, Source, TargetRef
@@ -144,7 +145,7 @@ class RefinerTrainer:
 
     def __init__(self, sam: torch.nn.Module, sources: Sequence[Source], config: TrainingConfig, *, work_dir: str,
                  device: str = "cpu", sam_info: Optional[Dict[str, Any]] = None, cache_dir: Optional[str] = None,
-                 workers: int = 2, hooks: Sequence[HookBase] = (), ranks: Optional[Ranks] = None):
+                 workers: int = 2, hooks: Sequence[HookBase] = (), ranks: Optional[Ranks] = None, timer=None):
         config.validate()
         self.config = config
         self.ranks = ranks or Ranks()
@@ -180,7 +181,8 @@ class RefinerTrainer:
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config.warmup, config.iterations))
         self.scaler = torch.amp.GradScaler(self.engine.device.type, enabled=config.precision == "fp16" and self.engine.device.type == "cuda")
-        self.step_fn = RefinerStep(self.engine, self.trained, self.projector, config, self.cache)
+        self.timer = timer or NullTimer()
+        self.step_fn = RefinerStep(self.engine, self.trained, self.projector, config, self.cache, timer=self.timer)
         local = config.batch_size // self.ranks.world_size
         slots = range(self.ranks.rank * local, (self.ranks.rank + 1) * local)
         self.loader = SampleLoader(self.sources, self.refs, batch_size=config.batch_size, slots=slots,
@@ -278,8 +280,9 @@ class RefinerTrainer:
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         result = self.step_fn(samples, self.config.batch_size)
-        if result.loss is not None:
-            self.scaler.scale(result.loss).backward()
+        with self.timer("backward"):
+            if result.loss is not None:
+                self.scaler.scale(result.loss).backward()
         for parameter in self.parameters:
             if parameter.grad is None:
                 parameter.grad = torch.zeros_like(parameter)
@@ -290,12 +293,13 @@ class RefinerTrainer:
             for parameter in self.parameters:
                 parameter.grad.copy_(flat[offset : offset + parameter.numel()].view_as(parameter))
                 offset += parameter.numel()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        with self.timer("optimizer"):
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
         self.iteration += 1
         unknown = set(result.sums) - set(STATISTICS)
         if unknown:
