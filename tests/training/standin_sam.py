@@ -2,9 +2,12 @@
 
 AMP needs a decoder that already segments what its prompts point at (a random decoder's masks are
 unrelated to the target, so there is no IoU band to search), and no real SAM weights exist here. This
-fits a small SAM of the real ``segment_anything`` modules to :mod:`shapes` scenes from the prompts SAM is
-trained with: the target's mined points and tight box (mask token 0, the output AMP perturbs) and one
-random point inside (the multimask tokens, best of three). It is test scaffolding, not product code.
+fits the prompt encoder and mask decoder of a small SAM of the real ``segment_anything`` modules to
+:mod:`shapes` scenes from the prompts SAM is trained with: the target's mined points and tight box (mask
+token 0, the output AMP perturbs) and one random point inside (the multimask tokens, best of three).
+The image encoder stays random and frozen: its patch-4 features carry enough of the texture for the
+decoder to segment, each image is encoded once, and fitting the encoder too cost ~10 CPU minutes more.
+It is test scaffolding, not product code.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import torch
 
 from refine_hooks.refiners import SAMRefiner
 from refine_hooks.sam import SamEngine, TinySamConfig, build_tiny_sam
-from refine_hooks.sam.engine import ImageEmbedding
 from refine_hooks.training.phoenix.decoder import PromptDecoder, PromptSet, embed_prompts
 from refine_hooks.training.phoenix.losses import dice_loss, focal_loss
 from refine_hooks.training.phoenix.step import low_res_frame_masks
@@ -32,22 +34,25 @@ def fit_standin_sam(scenes, *, steps: int, batch: int = 8, lr: float = 2e-3, see
     engine = SamEngine(sam)
     prompter = SAMRefiner(engine, use_mask=False, margin=0.0)
     decoder = PromptDecoder(sam.prompt_encoder, sam.mask_decoder, batch_invariant=False)
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=1e-4)
+    sam.image_encoder.requires_grad_(False)
+    trained = list(sam.prompt_encoder.parameters()) + list(sam.mask_decoder.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    sam.train()
+    embeddings = {}  # (scene, flipped) -> ImageEmbedding, encoded once
     losses = []
     for _ in range(steps):
-        picks = [(int(rng.integers(len(scenes))), rng) for _ in range(batch)]
         features, sets_box, sets_point, targets, valid = [], [], [], [], []
-        for row, (index, _) in enumerate(picks):
+        for row in range(batch):
+            index, flip = int(rng.integers(len(scenes))), bool(rng.random() < 0.5)
             scene = scenes[index]
             target = scene["masks"][int(rng.integers(len(scene["masks"])))]
             image = scene["image"]
-            if rng.random() < 0.5:
+            if flip:
                 image, target = image[:, ::-1].copy(), target[:, ::-1].copy()
-            pixels, input_size = engine.preprocess(image)
-            features.append(sam.image_encoder(pixels[None]))
-            embedding = ImageEmbedding(features[-1].detach(), image.shape[:2], input_size)
+            if (index, flip) not in embeddings:
+                embeddings[(index, flip)] = engine.encode([image])[0]
+            embedding = embeddings[(index, flip)]
+            features.append(embedding.features)
             box_prompts = prompter.prompts_for(embedding, target[None])
             ys, xs = np.nonzero(target)
             k = int(rng.integers(ys.size))
