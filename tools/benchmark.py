@@ -6,21 +6,39 @@
     python tools/benchmark.py evaluation --help
 """
 
+import argparse
 import importlib
 import sys
 
-SUITES = {"refiner": "refine_hooks.benchmarks.refiner", "job": "refine_hooks.benchmarks.jobs",
-          "evaluation": "refine_hooks.benchmarks.evaluation", "train": "refine_hooks.benchmarks.training"}
+SUITES = {
+    "refiner": "refine_hooks.benchmarks.refiner",
+    "job": "refine_hooks.benchmarks.jobs",
+    "evaluation": "refine_hooks.benchmarks.evaluation",
+    "train": "refine_hooks.benchmarks.training",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One argparse sub-command per suite, with the suite module's own options (``add_arguments``)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    suites = parser.add_subparsers(dest="suite", metavar="SUITE", required=True,
+                                   help=", ".join(SUITES) + " (each has its own --help)")
+    for name, module_name in SUITES.items():
+        module = importlib.import_module(module_name)
+        summary = module.__doc__.strip().splitlines()[0]
+        suite = suites.add_parser(name, help=summary, description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(suite)
+        suite.set_defaults(run=module.run_from_args)
+    return parser
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in SUITES:
-        print(__doc__)
-        print(f"choose one of: {', '.join(SUITES)}")
-        return 2
-    return importlib.import_module(SUITES[argv[0]]).main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.run(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from refine_hooks import cli
+
+    sys.exit(cli.run(main))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Make "cocofied" LVIS: an LVIS v0.5 or v1 annotation file restricted to the 80 COCO categories (matched by
+r"""Make "cocofied" LVIS: an LVIS v0.5 or v1 annotation file restricted to the 80 COCO categories (matched by
 synset) and to COCO images, with COCO category ids.
 
     python tools/prepare_cocofied_lvis.py --lvis lvis_v0.5_val.json --coco instances_val2017.json \
@@ -15,45 +15,46 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+from refine_hooks import cli
+from refine_hooks.data.annotations import atomic_write, load_json
 from refine_hooks.evaluation.cocofied import cocofy_lvis
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lvis", required=True, help="LVIS v0.5 or v1 annotation json")
     parser.add_argument("--coco", help="COCO annotation json whose images to keep (e.g. instances_val2017.json); "
                                        "default: all LVIS images")
     parser.add_argument("--out", required=True, help="output json")
-    args = parser.parse_args(argv)
-    for path in (args.lvis, args.coco):
-        if path is not None and not os.path.isfile(path):
-            parser.error(f"no such file: {path}")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    inputs = {"--lvis": args.lvis, "--coco": args.coco}
+    cli.require_files(inputs)
+    cli.check_output_path("--out", args.out, suffixes=(".json",), what="a JSON annotation file")
+    cli.refuse_overwriting_inputs({"--out": args.out}, inputs)
     print(f"loading {args.lvis}", flush=True)
-    with open(args.lvis) as f:
-        lvis = json.load(f)
-    coco = None
-    if args.coco:
-        with open(args.coco) as f:
-            coco = json.load(f)
-    try:
-        out = cocofy_lvis(lvis, coco)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f)
-    os.replace(tmp, args.out)
+    lvis = load_json(args.lvis)
+    coco = load_json(args.coco) if args.coco else None
+    out = cocofy_lvis(lvis, coco, lvis_name=f"--lvis {args.lvis}", coco_name=f"--coco {args.coco}")
+    atomic_write(args.out, lambda handle: json.dump(out, handle))
     info = out["info"]["cocofied"]
     print(f"{info['images']} of {info['lvis_images']} images, {info['annotations']} of {info['lvis_annotations']} "
           f"annotations, {len(out['categories'])} COCO categories -> {args.out}")
+    print(f"annotations left out: {info['dropped_other_categories']} of other categories, "
+          f"{info['dropped_other_images']} on images not kept, "
+          f"{info['dropped_unknown_images']} on image ids that are not in {args.lvis}'s images")
+    if info["dropped_unknown_images"]:
+        print(f"warning: {info['dropped_unknown_images']} annotations of {args.lvis} name images the file does not "
+              "have; the file may be damaged", file=sys.stderr)
     if info["categories_without_lvis_synset"]:
         print("COCO categories with no LVIS synset in this file: " + ", ".join(info["categories_without_lvis_synset"]))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, errors=(ValueError,)))

@@ -172,8 +172,8 @@ def run_benchmark(n_images: int, dets_per_image: int, height: int, width: int, w
     }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark evaluation", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tools/benchmark.py evaluation``."""
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dets", type=int, default=100, help="detections per image")
     parser.add_argument("--height", type=int, default=240)
@@ -183,7 +183,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--exhaustive", action="store_true",
                         help="boundaries for every overlapping pair, not only pairs that can match (worst case)")
     parser.add_argument("--out", help="write the figures as JSON here")
-    args = parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark.py evaluation", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     report = run_benchmark(args.images, args.dets, args.height, args.width, args.workers, args.seed,
                            args.exhaustive)
     summary = {k: v for k, v in report.items() if k != "metrics"}

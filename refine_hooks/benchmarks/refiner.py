@@ -143,10 +143,12 @@ def run(model_type: str, height: int, width: int, num_masks: int, *, iterations:
     }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py refiner", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-type", default="tiny")
-    parser.add_argument("--image-size", default="480x640", help="HxW")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tools/benchmark.py refiner``."""
+    from .. import cli
+
+    parser.add_argument("--model-type", default="tiny", type=cli.model_type)
+    parser.add_argument("--image-size", default="480x640", type=image_size, help="HxW")
     parser.add_argument("--masks", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--device", default="cpu")
@@ -156,8 +158,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--refiner", nargs="+", default=["samrefiner"], choices=["samrefiner", "phoenix"],
                         help="one or both, measured side by side on the same masks (phoenix: random weights)")
     parser.add_argument("--json", help="append results as JSON lines to this file")
-    args = parser.parse_args(argv)
-    height, width = (int(v) for v in args.image_size.lower().split("x"))
+
+
+def image_size(text: str):
+    """``argparse`` type: ``HxW`` -> ``(H, W)``."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes HxW, e.g. 480x640, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive HxW, got {text!r}")
+    return height, width
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark.py refiner", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from .. import cli
+
+    cli.checked_device(args.device)
+    height, width = args.image_size
     for count in args.masks:
         for refiner in args.refiner:
             result = run(args.model_type, height, width, count, iterations=args.iterations, device=args.device,

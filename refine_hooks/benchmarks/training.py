@@ -99,20 +99,34 @@ def run(model_type: str, *, cache: bool, height: int, width: int, images: int, i
     }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py train", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-type", nargs="+", default=["tiny"])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tools/benchmark.py train``."""
+    from .. import cli
+    from .refiner import image_size
+
+    parser.add_argument("--model-type", nargs="+", default=["tiny"], type=cli.model_type)
     parser.add_argument("--cache", nargs="+", default=["off", "on"], choices=["off", "on"])
-    parser.add_argument("--image-size", default="480x640", help="HxW")
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--iterations", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--image-size", default="480x640", type=image_size, help="HxW")
+    parser.add_argument("--images", type=cli.positive_int, default=4)
+    parser.add_argument("--iterations", type=cli.positive_int, default=6)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--no-contrastive", action="store_true")
     parser.add_argument("--json", help="append results as JSON lines to this file")
-    args = parser.parse_args(argv)
-    height, width = (int(v) for v in args.image_size.lower().split("x"))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark.py train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from .. import cli
+
+    cli.checked_device(args.device)
+    height, width = args.image_size
     for model_type in args.model_type:
         for cache in args.cache:
             result = run(model_type, cache=cache == "on", height=height, width=width, images=args.images,

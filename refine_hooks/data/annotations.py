@@ -23,6 +23,7 @@ import socket
 from typing import Any, Callable, Dict, Hashable, List, Optional
 
 INPUT_KINDS = ("coco", "results", "detectron2")
+TORCH_SUFFIXES = (".pth", ".pt")  # the file name endings of Detectron2 predictions (torch archives)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,7 @@ def record_name(record: Dict[str, Any], index: int) -> str:
 def detect_kind(path: str | os.PathLike, data: Any = None) -> str:
     """The kind of a mask-record file from its suffix and, for JSON, its top-level structure."""
     path = os.fspath(path)
-    if path.endswith(".pth") or path.endswith(".pt"):
+    if path.lower().endswith(TORCH_SUFFIXES):
         return "detectron2"
     if data is None:
         data = _load_json(path)
@@ -82,12 +83,27 @@ def detect_kind(path: str | os.PathLike, data: Any = None) -> str:
     )
 
 
-def _load_json(path: str) -> Any:
+def written_suffixes(input_path: str | os.PathLike) -> tuple:
+    """The file name endings an output of the same kind as ``input_path`` may have: a Detectron2 ``.pth``
+    is written back as a torch archive (``.pth`` / ``.pt``), the JSON kinds as ``.json``."""
+    return TORCH_SUFFIXES if os.fspath(input_path).lower().endswith(TORCH_SUFFIXES) else (".json",)
+
+
+def load_json(path: str | os.PathLike, error: type = ValueError) -> Any:
+    """A JSON file's contents; a file that is not JSON (malformed, binary, not UTF-8) raises ``error``
+    with a message naming the file."""
+    path = os.fspath(path)
     try:
-        with open(path, "r") as handle:
+        with open(path, "r", encoding="utf-8") as handle:
             return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise AnnotationFileError(f"{path}: not valid JSON ({error})") from error
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a JSON file (not UTF-8 text; a binary file such as a .pth?)") from None
+
+
+def _load_json(path: str) -> Any:
+    return load_json(path, AnnotationFileError)
 
 
 def image_file_name(image: Dict[str, Any]) -> Optional[str]:
@@ -154,7 +170,7 @@ def load_annotation_file(
     when a result list / ``.pth`` comes without ``image_info_path``.
     """
     path = os.fspath(path)
-    kind = detect_kind(path) if path.endswith((".pth", ".pt")) else None
+    kind = detect_kind(path) if path.lower().endswith(TORCH_SUFFIXES) else None
     if kind == "detectron2":
         data: Any = _load_detectron2(path)
     else:

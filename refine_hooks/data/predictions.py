@@ -24,13 +24,13 @@ Formats (chosen by file name):
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from refine_hooks.data.annotations import load_json
 from refine_hooks.data.masks import mask_to_xywh, rle_encode, rle_encode_many
 
 GroundTruth = Union[str, Dict[str, Any], Any]  # path, loaded dict, pycocotools COCO or lvis LVIS
@@ -59,8 +59,7 @@ def _require_gt(gt_json: Optional[GroundTruth], path: str) -> Dict[str, Any]:
         raise ValueError(f"{path}: framework predictions use contiguous labels; pass the ground-truth "
                          "annotation file to map them to category ids")
     if isinstance(gt_json, str):
-        with open(gt_json) as f:
-            return json.load(f)
+        return load_json(gt_json)
     if isinstance(gt_json, dict):
         return gt_json
     return gt_json.dataset  # pycocotools COCO or lvis LVIS
@@ -79,17 +78,29 @@ def _result(path: str, where: str, image_id: Any, category_id: Any, score: Any, 
         raise ValueError(f"{path}: {where} (image {image_id}) has no mask")
     if isinstance(segmentation, dict) and "counts" in segmentation and not isinstance(segmentation["counts"], list):
         segmentation = _str_counts(segmentation)
-    out = {"image_id": int(image_id), "category_id": int(category_id), "score": float(score),
-           "segmentation": segmentation}
-    if bbox is not None:
-        out["bbox"] = [float(v) for v in bbox]
+    if score is None or isinstance(score, (str, bool)) or not np.isfinite(_number(score)):
+        # Unlike refinement (refine_hooks.scores), ranking detections for AP needs every score.
+        raise ValueError(f"{path}: {where} (image {image_id}) has score {score!r}; AP needs a finite number")
+    try:
+        out = {"image_id": int(image_id), "category_id": int(category_id), "score": float(score),
+               "segmentation": segmentation}
+        if bbox is not None:
+            out["bbox"] = [float(v) for v in bbox]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {where} (image {image_id!r}): {exc}") from None
     return out
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def read_coco_results(path: str) -> List[Dict[str, Any]]:
     """A COCO result list (or an annotation file whose annotations have ``score``)."""
-    with open(path) as f:
-        data = json.load(f)
+    data = load_json(path)
     if isinstance(data, dict):
         if "annotations" not in data:
             raise ValueError(f"{path}: a JSON object without 'annotations' is not a result file")
@@ -103,6 +114,8 @@ def read_coco_results(path: str) -> List[Dict[str, Any]]:
         raise ValueError(f"{path}: expected a list of COCO results, got {type(data).__name__}")
     out = []
     for i, d in enumerate(data):
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: result #{i} is a {type(d).__name__}, not a dict")
         missing = [k for k in ("image_id", "category_id", "score", "segmentation") if k not in d]
         if missing:
             raise ValueError(f"{path}: result #{i} (image {d.get('image_id')}) has no {', '.join(missing)}")

@@ -236,6 +236,8 @@ class BoundaryIoUTable:
     def __init__(self, dilation_ratio: float = DEFAULT_DILATION_RATIO, *, workers: int = 1,
                  progress: bool = True, gt_cache: Optional[Dict[Any, Dict[str, Any]]] = None,
                  min_iou: float = 0.0):
+        if not 0 < dilation_ratio < float("inf"):
+            raise ValueError(f"dilation_ratio must be a number greater than 0, got {dilation_ratio}")
         self.dilation_ratio = dilation_ratio
         self.min_iou = min_iou
         self.workers = workers

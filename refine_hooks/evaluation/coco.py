@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -18,12 +19,14 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from refine_hooks.data.annotations import load_json
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO, BoundaryIoUTable
 from refine_hooks.evaluation.results import (
     IOU_TYPES,
     EvaluationResult,
     ap_by_category,
     boundary_note,
+    check_annotation_lists,
     checked_iou_types,
     read_mask_results,
 )
@@ -36,22 +39,41 @@ def quiet():
 
 
 def as_coco(gt: Union[str, Dict[str, Any], COCO]) -> COCO:
-    """A ``pycocotools.coco.COCO`` from a path, a loaded annotation dict (not copied) or a COCO object."""
+    """A ``pycocotools.coco.COCO`` from a path, a loaded annotation dict (not copied) or a COCO object;
+    ``ValueError`` when the file or dict is not a ground truth pycocotools can evaluate
+    (:func:`check_coco_ground_truth`)."""
     if isinstance(gt, COCO):
         return gt
     coco = COCO()
-    if isinstance(gt, dict):
-        coco.dataset = gt
+    if isinstance(gt, (str, os.PathLike)):
+        coco.dataset = load_json(gt)
+        try:
+            check_coco_ground_truth(coco.dataset)
+        except ValueError as exc:
+            raise ValueError(f"{os.fspath(gt)}: {exc}") from None
     else:
-        import json
-
-        with open(gt) as f:
-            coco.dataset = json.load(f)
-        if not isinstance(coco.dataset, dict) or "images" not in coco.dataset:
-            raise ValueError(f"{gt}: not a COCO annotation file (no 'images')")
+        coco.dataset = gt
+        check_coco_ground_truth(coco.dataset)
     with quiet():
         coco.createIndex()
     return coco
+
+
+def check_coco_ground_truth(dataset: Dict[str, Any]) -> None:
+    """What pycocotools needs of a ground truth and would otherwise fail on deep inside (``KeyError``):
+    ``images``, ``annotations``, ``categories`` lists and an ``iscrowd`` on every annotation. An LVIS
+    file (which has no ``iscrowd``) is named as such."""
+    check_annotation_lists(dataset, "a COCO")
+    for ann in dataset["annotations"]:
+        if "iscrowd" not in ann:
+            lvis_like = any("frequency" in c for c in dataset["categories"]) or any(
+                "neg_category_ids" in img for img in dataset["images"])
+            if lvis_like:
+                raise ValueError("an LVIS annotation file (annotations without 'iscrowd', categories with "
+                                 "'frequency', images with 'neg_category_ids'): evaluate it with the LVIS rules "
+                                 "(--lvis, evaluate_lvis)")
+            raise ValueError(f"annotation id {ann.get('id')} (image {ann.get('image_id')}) has no 'iscrowd' "
+                             "(0 for an object, 1 for a crowd region)")
 
 
 def load_results(coco_gt: COCO, results: List[Dict[str, Any]]) -> COCO:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, List, Optional, Set
 
+from refine_hooks.evaluation.results import check_annotation_lists
+
 # (COCO category id, COCO name, WordNet synset of the matching LVIS category)
 COCO_SYNSETS = (
     (1, "person", "person.n.01"), (2, "bicycle", "bicycle.n.01"), (3, "car", "car.n.01"),
@@ -44,8 +46,30 @@ COCO_SYNSETS = (
 )
 
 
+def _check_structure(lvis: Any, coco: Any, lvis_name: str, coco_name: str) -> None:
+    """The parts of the files :func:`cocofy_lvis` reads, so that a malformed file gets a message naming
+    it instead of a ``KeyError``."""
+    try:
+        check_annotation_lists(lvis, "an LVIS")
+    except ValueError as error:
+        raise ValueError(f"{lvis_name}: {error}") from None
+    for where, items, fields in (("category", lvis["categories"], ("id",)), ("image", lvis["images"], ("id",)),
+                                 ("annotation", lvis["annotations"], ("id", "image_id", "category_id"))):
+        for index, item in enumerate(items):
+            missing = [f for f in fields if not isinstance(item, dict) or f not in item]
+            if missing:
+                name = item.get("id") if isinstance(item, dict) else None
+                raise ValueError(f"{lvis_name}: {where} #{index} (id {name}) has no '{missing[0]}'")
+    if coco is not None:
+        if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+            raise ValueError(f"{coco_name}: not a COCO annotation file (no 'images' list)")
+        if any(not isinstance(img, dict) or "id" not in img for img in coco["images"]):
+            raise ValueError(f"{coco_name}: an image entry has no 'id'")
+
+
 def cocofy_lvis(lvis: Dict[str, Any], coco: Optional[Dict[str, Any]] = None,
-                image_ids: Optional[Set[int]] = None) -> Dict[str, Any]:
+                image_ids: Optional[Set[int]] = None, *, lvis_name: str = "the LVIS file",
+                coco_name: str = "the COCO file") -> Dict[str, Any]:
     """Restrict an LVIS (v0.5 or v1) annotation dict to the 80 COCO categories and to COCO images.
 
     Args:
@@ -54,23 +78,29 @@ def cocofy_lvis(lvis: Dict[str, Any], coco: Optional[Dict[str, Any]] = None,
             the images kept (LVIS uses COCO's image ids) and its category entries (name, supercategory)
             are used. Needed for LVIS v1 val, whose images come from both COCO train2017 and val2017.
         image_ids: alternatively, the image ids to keep. Default: every LVIS image.
+        lvis_name, coco_name: how messages name the two files (their paths, from the command line).
 
     Returns:
         A new annotation dict: COCO category ids and names (each category also keeps the LVIS
         ``synset``, ``frequency`` and the LVIS id as ``lvis_id``, so lvis-api can still compute APr/APc/APf);
         only annotations of those categories on kept images, renumbered 1..N in input order;
         each image's ``neg_category_ids`` and ``not_exhaustive_category_ids`` mapped to COCO ids (LVIS
-        categories outside COCO dropped from the lists); ``info`` records what was done.
+        categories outside COCO dropped from the lists); ``info["cocofied"]`` records what was done and
+        counts every annotation left out, by reason: ``dropped_other_categories`` (not one of the 80),
+        ``dropped_other_images`` (an image not kept) and ``dropped_unknown_images`` (an image id that is
+        not in the LVIS file's images at all: a damaged file).
 
-    Raises ``ValueError`` if a category has no ``synset``, an annotation names an unknown category, or a
-    COCO image asked for is not in the LVIS file.
+    Raises ``ValueError`` naming the file if it lacks ``images`` / ``annotations`` / ``categories``, an
+    entry lacks its ids, a category has no ``synset``, an annotation names an unknown category, or a COCO
+    image asked for is not in the LVIS file.
     """
+    _check_structure(lvis, coco, lvis_name, coco_name)
     lvis_cats = {c["id"]: c for c in lvis["categories"]}
     for c in lvis["categories"]:
         if "synset" not in c:
-            raise ValueError(f"LVIS category {c.get('id')} ({c.get('name')}) has no 'synset'")
+            raise ValueError(f"{lvis_name}: category {c.get('id')} ({c.get('name')}) has no 'synset'")
     by_synset = {c["synset"]: c for c in lvis["categories"]}
-    coco_cats = {c["id"]: c for c in (coco or {}).get("categories", [])}
+    coco_cats = {c["id"]: c for c in (coco or {}).get("categories", []) if isinstance(c, dict) and "id" in c}
     lvis_to_coco: Dict[int, int] = {}
     categories: List[Dict[str, Any]] = []
     missing: List[str] = []
@@ -91,7 +121,7 @@ def cocofy_lvis(lvis: Dict[str, Any], coco: Optional[Dict[str, Any]] = None,
     if image_ids is not None:
         absent = sorted(image_ids - lvis_image_ids)
         if absent:
-            raise ValueError(f"{len(absent)} requested COCO images are not in the LVIS file, e.g. {absent[:10]} "
+            raise ValueError(f"{len(absent)} images of {coco_name} are not in {lvis_name}, e.g. {absent[:10]} "
                              "(LVIS v0.5 val covers COCO val2017; LVIS v1 val covers it together with part of "
                              "train2017)")
     keep = lvis_image_ids if image_ids is None else image_ids
@@ -105,16 +135,24 @@ def cocofy_lvis(lvis: Dict[str, Any], coco: Optional[Dict[str, Any]] = None,
             ids = img.get(key, [])
             unknown = [c for c in ids if c not in lvis_cats]
             if unknown:
-                raise ValueError(f"image {img['id']}: {key} names unknown categories {unknown[:10]}")
+                raise ValueError(f"{lvis_name}: image {img['id']}: {key} names unknown categories {unknown[:10]}")
             new[key] = sorted({lvis_to_coco[c] for c in ids if c in lvis_to_coco})
         images.append(new)
 
     annotations = []
+    dropped = {"dropped_other_categories": 0, "dropped_other_images": 0, "dropped_unknown_images": 0}
     for ann in lvis["annotations"]:
         if ann["category_id"] not in lvis_cats:
-            raise ValueError(f"annotation {ann.get('id')} (image {ann.get('image_id')}) has unknown category "
-                             f"{ann['category_id']}")
-        if ann["image_id"] not in keep or ann["category_id"] not in lvis_to_coco:
+            raise ValueError(f"{lvis_name}: annotation {ann.get('id')} (image {ann.get('image_id')}) has unknown "
+                             f"category {ann['category_id']}")
+        if ann["image_id"] not in lvis_image_ids:
+            dropped["dropped_unknown_images"] += 1
+            continue
+        if ann["image_id"] not in keep:
+            dropped["dropped_other_images"] += 1
+            continue
+        if ann["category_id"] not in lvis_to_coco:
+            dropped["dropped_other_categories"] += 1
             continue
         new = copy.deepcopy(ann)
         new["category_id"] = lvis_to_coco[ann["category_id"]]
@@ -127,6 +165,7 @@ def cocofy_lvis(lvis: Dict[str, Any], coco: Optional[Dict[str, Any]] = None,
         "description": "LVIS annotations restricted to the 80 COCO categories (matched by synset) and COCO images",
         "lvis_images": len(lvis["images"]), "images": len(images),
         "lvis_annotations": len(lvis["annotations"]), "annotations": len(annotations),
+        **dropped,
         "categories_without_lvis_synset": missing,
     }
     out = {k: copy.deepcopy(v) for k, v in lvis.items() if k not in ("images", "annotations", "categories", "info")}

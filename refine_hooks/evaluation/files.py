@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from refine_hooks.data.annotations import load_json
 from refine_hooks.data.predictions import load_predictions
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO
 from refine_hooks.evaluation.coco import as_coco, evaluate_coco
@@ -28,18 +28,23 @@ def evaluate_files(
 ) -> Tuple[Dict[str, Any], str]:
     """Evaluate ``dt_path`` (and ``compare_path``) on ``gt_path``.
 
+    Raises ``ValueError`` naming the file when a file is not what it should be: malformed JSON, a
+    result list given as ground truth, a ground truth without annotations (no AP can be computed), an
+    LVIS ground truth without ``lvis=True``, annotations without ``iscrowd``.
+
     Returns ``(summary, text)``: ``summary`` is JSON-ready (settings, per-file metrics, tables, notes and,
     when comparing, ``delta = compare - dt`` per metric); ``text`` is what the tool prints. The ground
     truth is loaded once and its boundaries are computed once for both files.
     """
-    with open(gt_path) as f:
-        gt_json = json.load(f)
-    if lvis:
-        gt = as_lvis(gt_json)
-        max_dets = LVIS_MAX_DETS if max_dets is None else max_dets
-    else:
-        gt = as_coco(gt_json)
-        max_dets = 100 if max_dets is None else max_dets
+    gt_json = load_json(gt_path)
+    try:
+        gt = as_lvis(gt_json) if lvis else as_coco(gt_json)
+    except ValueError as exc:
+        raise ValueError(f"{gt_path}: {exc}") from None
+    if not gt_json["annotations"]:
+        raise ValueError(f"{gt_path} has no annotations: there is nothing to match predictions against "
+                         "(every AP would be -1)")
+    max_dets = (LVIS_MAX_DETS if lvis else 100) if max_dets is None else max_dets
     cache: Dict[Any, Dict[str, Any]] = {}  # ground-truth boundaries, shared by both files
     evaluate = evaluate_lvis if lvis else evaluate_coco
 

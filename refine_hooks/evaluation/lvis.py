@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import sys
 import time
@@ -21,12 +20,14 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from refine_hooks.data.annotations import load_json
 from refine_hooks.evaluation.boundary import DEFAULT_DILATION_RATIO, BoundaryIoUTable
 from refine_hooks.evaluation.results import (
     IOU_TYPES,
     EvaluationResult,
     ap_by_category,
     boundary_note,
+    check_annotation_lists,
     checked_iou_types,
     read_mask_results,
 )
@@ -60,11 +61,8 @@ def as_lvis(gt: Union[str, Dict[str, Any], LVIS]) -> LVIS:
     if isinstance(gt, LVIS):
         return gt
     if isinstance(gt, str):
-        with open(gt) as f:
-            gt = json.load(f)
-    for key in ("images", "annotations", "categories"):
-        if key not in gt:
-            raise ValueError(f"LVIS annotation file has no '{key}'")
+        gt = load_json(gt)
+    check_annotation_lists(gt, "an LVIS")
     for img in gt["images"]:
         for key in ("neg_category_ids", "not_exhaustive_category_ids"):
             if key not in img:

@@ -16,6 +16,17 @@ BOX_NOTE = ("boxes dropped from the predictions: for segm and boundary the area 
 TITLES = {"segm": "Mask AP (segm)", "boundary": "Boundary AP (boundary)"}
 
 
+def check_annotation_lists(data: Any, kind: str = "a COCO") -> None:
+    """``ValueError`` unless ``data`` is a JSON object with ``images``, ``annotations`` and ``categories``
+    lists, as every annotation file is (``kind``: "a COCO", "an LVIS", for the message)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{kind} annotation file is a JSON object, not a {type(data).__name__}"
+                         + (" (a result list?)" if isinstance(data, list) else ""))
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"no '{key}' list: not {kind} annotation file")
+
+
 def prepare_mask_results(predictions: Sequence[Dict[str, Any]], imgs: Mapping[int, Dict[str, Any]],
                          cats: Mapping[int, Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
     """Copy COCO result dicts into what mask evaluation wants: ``image_id``, ``category_id``, ``score``

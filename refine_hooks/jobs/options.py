@@ -17,7 +17,9 @@ class JobOptions:
 
     Result-deciding options (the refiner, its model and hyper-parameters, thresholds, what is kept) are
     recorded in the work directory's manifest; resuming with different ones is refused. Throughput
-    options (``workers``, ``max_masks_per_batch``, ``shard``, ``device`` index) may change between runs.
+    options (``workers``, ``max_masks_per_batch``, ``images_per_batch``, ``shard``, ``device`` index) may
+    change between runs, and so may ``refiner_kwargs["decoder_chunk_size"]`` when the decoder is batch
+    invariant (on CPU by default), where it cannot change a pixel.
 
     Attributes:
         refiner: ``"samrefiner"`` or ``"phoenix"``.
@@ -26,7 +28,9 @@ class JobOptions:
         checkpoint: SAM weights file; ``None`` lets the refiner fetch / build its default.
         device: ``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``cuda`` becomes ``cuda:LOCAL_RANK``.
         precision: ``fp32``, ``bf16`` or ``fp16``.
-        score_thr: records with a ``score`` below it are passed through, not refined.
+        score_thr: records with a ``score`` below it are passed through (``below_score_thr``), not refined;
+            with a threshold above 0, so are records without a score (``no_score``, see
+            :mod:`refine_hooks.scores`).
         min_area: coarse masks with fewer pixels are passed through, not refined.
         max_masks_per_batch: images are gathered into one refiner call until they hold this many masks
             (the GPU batch; an image's masks are never split by it, see ``worker.MASK_PIXEL_BUDGET``).
@@ -83,8 +87,18 @@ class JobOptions:
         if count < 1 or not 0 <= index < count:
             raise ValueError(f"--shard must be i/n with 0 <= i < n, got {index}/{count}")
 
+    @property
+    def batch_invariant_decoder(self) -> bool:
+        """The SAM decoder decodes one prompt set per call (``SamEngine.batch_invariant``: the CPU default),
+        so ``decoder_chunk_size`` cannot change results."""
+        invariant = self.refiner_kwargs.get("batch_invariant")
+        return self.device.split(":")[0] == "cpu" if invariant is None else bool(invariant)
+
     def result_options(self) -> Dict[str, Any]:
         """The options that decide the output file, JSON-ready (the manifest compares them on resume)."""
+        refiner_kwargs = dict(self.refiner_kwargs)
+        if self.batch_invariant_decoder:
+            refiner_kwargs.pop("decoder_chunk_size", None)
         checkpoint = None
         if self.checkpoint is not None:
             # Path and size: hashing a 2.5 GB vit_h file on every start would cost more than it saves.
@@ -92,9 +106,10 @@ class JobOptions:
             checkpoint = {"path": path, "size": os.path.getsize(path) if os.path.exists(path) else None}
         return {
             "refiner": self.refiner,
-            # All of them, chunk sizes included: on CPU the decoder's floating-point results depend on
-            # which prompts share a call.
-            "refiner_kwargs": json.loads(json.dumps(self.refiner_kwargs, sort_keys=True, default=str)),
+            # All of them, chunk sizes included (they decide which prompts share a decoder call, which
+            # changes floating-point results), except the decoder's chunk size when it decodes one
+            # prompt set per call anyway.
+            "refiner_kwargs": json.loads(json.dumps(refiner_kwargs, sort_keys=True, default=str)),
             "model_type": self.model_type,
             "checkpoint": checkpoint,
             "device_type": self.device.split(":")[0],

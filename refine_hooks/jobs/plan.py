@@ -6,18 +6,22 @@ its image's size, every image file exists and has a readable header of the expec
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
+import numpy as np
 from tqdm import tqdm
 
 from ..data.annotations import AnnotationFile, record_name
 from ..data.images import ImageReadError, read_image_size
+from ..scores import meets_score_thr, record_score
 
 # Why a record is passed through (its mask kept) before the refiner sees it.
 PASS_CROWD = "crowd"
 PASS_BELOW_SCORE = "below_score_thr"
+PASS_NO_SCORE = "no_score"  # no (or a null / NaN) score while --score-thr > 0: see refine_hooks.scores
 # Why a record is copied unchanged (no bbox/area recomputed): it could not be looked at.
 COPY_IMAGE_UNREADABLE = "image_unreadable"
 COPY_INVALID_RECORD = "invalid_record"
@@ -26,7 +30,12 @@ _MAX_LISTED_PROBLEMS = 20
 
 
 class JobInputError(ValueError):
-    """The input cannot be processed as the options say; the message lists the records / files."""
+    """The input cannot be processed as the options say; the message lists the records / files
+    (``problems``: one line per record or file, when the error is about several)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 @dataclasses.dataclass
@@ -97,11 +106,15 @@ def _segmentation_problem(segmentation: Any, height: Optional[int], width: Optio
 def _raise_problems(kind: str, problems: Sequence[str], hint: str) -> None:
     listed = "\n  ".join(problems[:_MAX_LISTED_PROBLEMS])
     more = f"\n  ... and {len(problems) - _MAX_LISTED_PROBLEMS} more" if len(problems) > _MAX_LISTED_PROBLEMS else ""
-    raise JobInputError(f"{len(problems)} {kind}; nothing was refined:\n  {listed}{more}\n{hint}")
+    raise JobInputError(f"{len(problems)} {kind}; nothing was refined:\n  {listed}{more}\n{hint}", problems)
 
 
 def build_plan(annotations: AnnotationFile, image_dir: str, *, score_thr: float, skip_invalid_records: bool) -> Plan:
     """Group records by image and decide, per record, refine / pass through / copy.
+
+    A record whose score is below ``score_thr`` is passed through (``below_score_thr``); one without a
+    score (missing, null, NaN) too when ``score_thr > 0`` (``no_score``; the rule: :mod:`refine_hooks.scores`);
+    a score that is not a number makes the record invalid.
 
     Checks records only (no file access). Raises :class:`JobInputError` listing every malformed record
     unless ``skip_invalid_records``.
@@ -117,6 +130,8 @@ def build_plan(annotations: AnnotationFile, image_dir: str, *, score_thr: float,
             problem = f"{record_name(record, index)}: image id {image_id!r} is not in the images of the file"
         else:
             problem = _segmentation_problem(record.get("segmentation"), info.height, info.width)
+            if problem is None and record_score(record) is None:
+                problem = f"score {record['score']!r} is not a number"
             if problem is not None:
                 problem = f"{record_name(record, index)} of image {info.file_name}: {problem}"
         if problem is not None:
@@ -135,10 +150,11 @@ def build_plan(annotations: AnnotationFile, image_dir: str, *, score_thr: float,
         actions: List[Optional[str]] = []
         for index in indices:
             record = annotations.records[index]
+            score = record_score(record)
             if record.get("iscrowd", 0):
                 actions.append(PASS_CROWD)
-            elif "score" in record and record["score"] is not None and float(record["score"]) < score_thr:
-                actions.append(PASS_BELOW_SCORE)
+            elif not meets_score_thr(np.array([score]), score_thr)[0]:
+                actions.append(PASS_NO_SCORE if math.isnan(score) else PASS_BELOW_SCORE)
             else:
                 actions.append(None)
         images.append(
@@ -170,10 +186,12 @@ def check_images(
     skip_invalid_records: bool,
     threads: int = 8,
     progress: bool = True,
+    skip_hints: bool = True,
 ) -> List[str]:
     """Check the header of every image that is needed: it exists, decodes, and has the size the file says.
 
-    Fills in unknown sizes and checks masks against them. With ``skip_missing_images`` an unreadable
+    Fills in unknown sizes and checks masks against them. ``skip_hints``: the problems name the job's
+    ``--skip-*`` options that would copy the records instead. With ``skip_missing_images`` an unreadable
     image gets ``image_error`` (its records will be copied); with ``skip_invalid_records`` a record whose
     mask size disagrees is passed to the copy list by setting its action. Returns the problems that the
     options do not allow (the caller raises, after all ranks have checked).
@@ -204,13 +222,15 @@ def check_images(
                         record_problems.append(f"record #{work.record_indices[slot]} of image {work.path}: {problem}")
     problems = []
     if image_problems:
+        hint = " (pass --skip-missing-images to copy their records)" if skip_hints else ""
         problems.append(
-            f"{len(image_problems)} missing or unreadable images (pass --skip-missing-images to copy their records):\n  "
+            f"{len(image_problems)} missing or unreadable images{hint}:\n  "
             + "\n  ".join(image_problems[:_MAX_LISTED_PROBLEMS])
         )
     if record_problems:
+        hint = " (pass --skip-invalid-records to copy them)" if skip_hints else ""
         problems.append(
-            f"{len(record_problems)} invalid records (pass --skip-invalid-records to copy them):\n  "
+            f"{len(record_problems)} invalid records{hint}:\n  "
             + "\n  ".join(record_problems[:_MAX_LISTED_PROBLEMS])
         )
     return problems

@@ -24,14 +24,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.annotations import AnnotationFile, limit_images, load_annotation_file, write_annotation_file
+from ..cli import same_file
+from ..data.annotations import (
+    TORCH_SUFFIXES,
+    AnnotationFile,
+    limit_images,
+    load_annotation_file,
+    write_annotation_file,
+    written_suffixes,
+)
 from ..files import file_sha256
 from ..refiners.base import Refiner, RefineResult
 from .distributed import Ranks, init_ranks
 from .options import JobOptions
 from .plan import JobInputError, Plan, build_plan, check_images
 from .shards import WorkDir, work_dir_for
-from .summary import Summary, write_summary
+from .summary import Summary, summary_path, write_summary
 from .worker import INFO_KEY, STATUS_REFINED, ImageWorkDataset, WorkItem, copied_output, keep_items, passed_output, refined_outputs
 
 MANIFEST_FORMAT = 1
@@ -235,8 +243,9 @@ def refine_annotation_file(
     Args:
         input_path: COCO annotation file, COCO result list (.json) or Detectron2 ``instances_predictions.pth``.
         image_dir: directory the records' ``file_name`` s are relative to.
-        output_path: the output file; ``output_path + '.work/'`` holds the resumable state and
-            ``<output without suffix>.summary.json`` the summary.
+        output_path: the output file, the same kind as the input (``.json``, or ``.pth`` / ``.pt`` for a
+            Detectron2 file); ``output_path + '.work/'`` holds the resumable state (removed at the end
+            unless ``keep_work_dir`` or a ``shard`` split) and :func:`summary_path` the summary.
         options: see :class:`JobOptions`.
         refiner: an already built refiner (e.g. the one a training hook holds); built from the options
             otherwise. When given, its settings must match ``options`` for resume checks to mean anything.
@@ -246,12 +255,14 @@ def refine_annotation_file(
         or a ``--shard`` whose siblings are not done yet).
 
     Raises:
-        JobInputError: bad records or images that the options do not allow, before any work.
+        JobInputError: bad records or images that the options do not allow, an output named like another
+            kind of file or naming an input file, before any work (a refused run leaves no ``.work/``).
         WorkDirMismatchError: the work directory holds a half-done job with other inputs or options.
         RefinerUnavailableError: ``--refiner phoenix`` without a readable refiner checkpoint.
     """
     options = options or JobOptions()
     options.validate()
+    _check_output_path(input_path, output_path, options)
     if refiner is None:
         check_refiner_options(options)  # before anything is read
     ranks = init_ranks()
@@ -261,19 +272,48 @@ def refine_annotation_file(
         ranks.close()
 
 
+def _check_output_path(input_path: str, output_path: str, options: JobOptions) -> None:
+    """The output is the input's kind (its name must say so) and overwrites none of the job's inputs."""
+    suffixes = written_suffixes(input_path)
+    if not os.fspath(output_path).lower().endswith(suffixes):
+        kind = "a torch archive (Detectron2 predictions)" if suffixes == TORCH_SUFFIXES else "JSON"
+        raise JobInputError(f"output {output_path}: the output is the same kind of file as the input {input_path}, "
+                            f"{kind}, so its name must end in {' or '.join(suffixes)}")
+    inputs = {"input": input_path, "image info": options.image_info, "checkpoint": options.checkpoint,
+              "IoU adapter": options.refiner_kwargs.get("iou_adapter")}
+    for written in (output_path, summary_path(os.fspath(output_path))):
+        for name, path in inputs.items():
+            if path is not None and same_file(written, path):
+                raise JobInputError(f"output {written} is the {name} file {path}: refusing to overwrite an input")
+
+
 def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks: Ranks) -> Summary:
     started = time.perf_counter()
     annotations = load_annotation_file(input_path, options.image_info)
     if options.limit is not None:
         annotations = limit_images(annotations, options.limit)
     plan = build_plan(annotations, image_dir, score_thr=options.score_thr, skip_invalid_records=options.skip_invalid_records)
-    chunks = plan.chunks(options.chunk_size)
     workdir = WorkDir(work_dir_for(output_path))
+    # Only an unsplit job owns its work directory: --shard parts share it and may be running now.
+    owns_workdir = not os.path.exists(workdir.root) and options.shard[1] == 1
     if ranks.is_main:
         workdir.open(_manifest(input_path, options, plan, annotations))
     ranks.barrier()
     if not ranks.is_main:
         workdir.open(_manifest(input_path, options, plan, annotations))
+    try:
+        return _work(input_path, output_path, options, refiner, ranks, annotations, plan, workdir, started)
+    except BaseException:
+        # Stopped before any chunk was finished (bad images, a checkpoint that does not load...): a work
+        # directory this run created holds nothing worth keeping.
+        if ranks.is_main and owns_workdir and not workdir.done_chunks():
+            workdir.remove()
+        raise
+
+
+def _work(input_path, output_path, options: JobOptions, refiner, ranks: Ranks, annotations: AnnotationFile,
+          plan: Plan, workdir: WorkDir, started: float) -> Summary:
+    chunks = plan.chunks(options.chunk_size)
 
     part = options.shard[0] * ranks.world_size + ranks.rank
     parts = options.shard[1] * ranks.world_size
@@ -310,6 +350,8 @@ def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks
         summary = merged
         summary.seconds = time.perf_counter() - started
         write_summary(summary, output_path)
+        # With --shard, another part may still be reading the chunks (several can finish at once and
+        # all merge), and a part retried by the scheduler finds the job done: the directory stays.
         if not options.keep_work_dir and options.shard[1] == 1:
             workdir.remove()
     summary.seconds = time.perf_counter() - started

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections import Counter
 from typing import Any, Dict, Iterable, Optional
 
@@ -106,8 +105,9 @@ class Summary:
 
 
 def summary_path(output_path: str) -> str:
-    """``OUT.summary.json`` next to the output file (``x.json`` -> ``x.summary.json``)."""
-    root, _ = os.path.splitext(output_path)
+    """The summary next to the output file: ``x.json`` -> ``x.summary.json``, ``x.pth`` ->
+    ``x.pth.summary.json`` (only ``.json`` is dropped, so outputs ``x.json`` and ``x.pth`` keep apart)."""
+    root = output_path[: -len(".json")] if output_path.lower().endswith(".json") else output_path
     return f"{root}.summary.json"
 
 

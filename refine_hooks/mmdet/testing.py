@@ -73,8 +73,19 @@ def build_test_config(
     return cfg
 
 
-def run_test(cfg: Config) -> Dict[str, float]:
-    """``Runner.from_cfg(cfg).test()``: the metrics."""
+def run_test(cfg: Config, predictions_out: Optional[str] = None) -> Dict[str, float]:
+    """``Runner.from_cfg(cfg).test()``: the metrics.
+
+    ``predictions_out``: also dump the predictions there (a ``.pkl``), with mmdet's ``DumpDetResults`` as
+    the last metric, as mmdet's ``tools/test.py --out`` does: what ``tools/evaluate.py`` and
+    :func:`refine_hooks.data.predictions.read_mmdet_pickle` read. The refinement hook changes the
+    predictions before any metric sees them, so the dump holds the refined masks.
+    """
     from mmengine.runner import Runner
 
-    return Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    if predictions_out is not None:
+        from mmdet.evaluation import DumpDetResults
+
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=predictions_out))
+    return runner.test()

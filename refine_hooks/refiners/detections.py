@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from refine_hooks.data.masks import masks_to_xyxy
+from refine_hooks.scores import meets_score_thr
 
 from .base import Refiner
 
@@ -29,7 +30,8 @@ class Detections:
 
     Attributes:
         masks: ``N x H x W`` bool, uint8 or float 0/1 tensor at the image's size.
-        scores: float ``N``, or None (every detection counts as score 1).
+        scores: float ``N``, or None (no scores: see :mod:`refine_hooks.scores` for how unknown scores
+            meet ``score_thr``).
         boxes: float ``N x 4`` ``x1, y1, x2, y2`` with x2 = last column + 1, or None.
     """
 
@@ -192,7 +194,8 @@ def refine_detections(
 ) -> List[Optional[RefinedDetections]]:
     """Refine the masks of a batch of images' detections in one ``refine_batch`` call.
 
-    Detections with ``score >= score_thr`` are refined; the others keep their masks. The image of a
+    Detections with ``score >= score_thr`` are refined; the others keep their masks (detections without
+    a score: :mod:`refine_hooks.scores`). The image of a
     batch entry is fetched only when it has something to refine.
 
     Args:
@@ -220,8 +223,8 @@ def refine_detections(
         masks = masks_to_bool(entry.masks)
         n = masks.shape[0]
         stats.detections += n
-        scores = entry.scores.detach().float().cpu().numpy() if entry.scores is not None else np.ones(n, np.float32)
-        selected = np.flatnonzero(scores >= score_thr)
+        scores = entry.scores.detach().float().cpu().numpy() if entry.scores is not None else np.full(n, np.nan)
+        selected = np.flatnonzero(meets_score_thr(scores, score_thr))
         stats.below_score += n - selected.size
         device = entry.masks.device
         outputs.append(RefinedDetections(

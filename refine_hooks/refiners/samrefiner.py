@@ -94,6 +94,26 @@ class SAMRefiner(Refiner):
         self.encoder_batch_size = encoder_batch_size
         self.timer = timer or NullTimer()
 
+    # Where each default comes from (command-line help prints it; README "SAMRefiner, as published").
+    # "paper": Lin et al., ICLR 2025; "code": the authors' implementation (shared/SAMREFINER_FACTS.md).
+    DEFAULT_SOURCES = {
+        "iterations": "the authors' code (the paper gives no number)",
+        "use_point": "paper and code: all three prompt types",
+        "use_box": "paper and code: all three prompt types",
+        "use_mask": "paper and code: all three prompt types",
+        "add_negative": "paper and code",
+        "margin": "the paper's elastic-box lambda; the authors' code uses 0 (box not expanded)",
+        "semantic_margin": "the authors' code",
+        "gamma": "paper and code",
+        "strength": "the authors' code; the paper says 15",
+        "gaussian": "the authors' code; the paper's eq. 3 is 'spatial'",
+        "multimask_output": "paper and code: highest predicted IoU of 3 candidates",
+        "min_area": "ours: masks under 1 pixel are empty",
+        "stm_mu": "the authors' code",
+        "max_chunk_pixels": "ours: bounds memory on large images",
+        "encoder_batch_size": "ours: images per encoder call (speed)",
+    }
+
     @classmethod
     def hyper_parameters(cls) -> Dict[str, object]:
         """``{name: default}`` of the constructor's keyword arguments (all but ``timer``), read from the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from functools import partial
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any, Dict, Optional, Union
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .checkpoints import ensure_checkpoint
+from .checkpoints import ensure_checkpoint, load_tensors
 from .registry import get_spec
+
+logger = logging.getLogger(__name__)
 
 # Key under which a checkpoint written by :func:`save_tiny_checkpoint` carries its architecture.
 TINY_CONFIG_KEY = "refine_hooks_tiny_sam_config"
@@ -127,16 +130,23 @@ def build_sam_model(
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and TINY_CONFIG_KEY in state:
-            sam = build_tiny_sam(TinySamConfig(**state[TINY_CONFIG_KEY]))
-            _load_state_dict(sam, state["model"], checkpoint)
-            return sam
         spec = get_spec(model_type)
+        state = load_tensors(checkpoint, f"checkpoint {checkpoint} cannot be read as PyTorch weights (truncated, "
+                                         "not a checkpoint, or holding more than tensors)")
+        if isinstance(state, dict) and TINY_CONFIG_KEY in state:
+            config = TinySamConfig(**state[TINY_CONFIG_KEY])
+            if spec.family != "tiny":
+                logger.warning(f"warning: {checkpoint} is a tiny random SAM (written by save_tiny_checkpoint) and "
+                               f"carries its own architecture: running {'tiny_hq' if config.hq else 'tiny'}, "
+                               f"not model type {model_type}")
+            sam = build_tiny_sam(config)
+            _load_state_dict(sam, state["model"], checkpoint, "tiny")
+            return sam
         if spec.family == "tiny":
-            raise ValueError(f"{checkpoint} is not a tiny-SAM checkpoint (written by save_tiny_checkpoint)")
+            raise ValueError(f"{checkpoint} is not a tiny-SAM checkpoint (written by save_tiny_checkpoint); "
+                             f"{_looks_like(_unwrap(state))}pass its model type")
         sam = _build_architecture(spec.family, spec.builder)
-        _load_state_dict(sam, _unwrap(state), checkpoint)
+        _load_state_dict(sam, _unwrap(state), checkpoint, model_type)
         return sam.eval()
     spec = get_spec(model_type)
     if spec.family == "tiny":
@@ -183,13 +193,35 @@ def _unwrap(state: Any) -> Dict[str, torch.Tensor]:
     return state
 
 
-def _load_state_dict(sam: torch.nn.Module, state_dict: Dict[str, torch.Tensor], path: Path) -> None:
-    try:
-        missing, unexpected = sam.load_state_dict(state_dict, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise ValueError(f"{path} does not fit the {type(sam).__name__} architecture: {str(error)[:500]}") from None
-    if missing or unexpected:
+# Width of the image encoder's patch embedding -> official model (SAM and HQ-SAM alike).
+_ENCODER_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
+def _looks_like(state_dict: Any) -> str:
+    """'it looks like a vit_h checkpoint; ' when the file's encoder width says so, else ''."""
+    if not isinstance(state_dict, dict):
+        return ""
+    weight = state_dict.get("image_encoder.patch_embed.proj.weight")
+    name = _ENCODER_WIDTHS.get(int(weight.shape[0])) if isinstance(weight, torch.Tensor) and weight.ndim else None
+    if name is None:
+        return ""
+    hq = any(key.startswith("mask_decoder.hf_") for key in state_dict)
+    return f"it looks like a {'sam_hq_' if hq else ''}{name} checkpoint; "
+
+
+def _load_state_dict(sam: torch.nn.Module, state_dict: Any, path: Path, model_type: str) -> None:
+    """Load weights that must fit exactly; otherwise one ``ValueError`` line saying how they differ."""
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"checkpoint {path} holds no state dict of tensors (a {type(state_dict).__name__})")
+    expected = sam.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [k for k in state_dict if k in expected and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        example = (f" (e.g. {reshaped[0]}: {tuple(state_dict[reshaped[0]].shape)} in the file, "
+                   f"{tuple(expected[reshaped[0]].shape)} in the model)" if reshaped else "")
         raise ValueError(
-            f"{path} does not fit the {type(sam).__name__} architecture: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
-        )
+            f"checkpoint {path} does not fit model type {model_type}: {len(reshaped)} tensors of another shape"
+            f"{example}, {len(missing)} missing, {len(unexpected)} unexpected; "
+            f"{_looks_like(state_dict)}is --model-type right?")
+    sam.load_state_dict(state_dict)

@@ -8,6 +8,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -18,6 +19,20 @@ CACHE_ENV = "REFINE_HOOKS_CACHE"
 
 class CheckpointUnavailableError(RuntimeError):
     """The checkpoint is neither cached nor downloadable; the message says which file to put where."""
+
+
+def load_tensors(path: Path, refusal: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU. A file that is not one (truncated, not a torch file,
+    holding more than tensors) raises a one-line ``ValueError``: ``refusal`` (which names the file) and the
+    first sentence of torch's reason, instead of torch's many lines."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - zip, pickle, EOF and weights_only errors all mean "unreadable"
+        reason = (str(error).strip().splitlines() or [""])[0]
+        reason = reason.split(". ")[0][:200]
+        raise ValueError(f"{refusal}: {type(error).__name__}: {reason}") from None
 
 
 def cache_dir() -> Path:

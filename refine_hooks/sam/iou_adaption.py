@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Union
 import torch
 from torch import nn
 
+from .checkpoints import load_tensors
+
 ADAPTER_FORMAT = "refine_hooks.iou_adaption/1"
 LAYER_NAME = "mask_decoder.iou_prediction_head.layers[-1]"
 
@@ -125,12 +127,10 @@ def read_iou_adapter(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IoU adapter {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{path} is not a readable IoU adapter file: {error}") from error
+    state = load_tensors(path, f"{path} is not a readable IoU adapter file (written by tools/train_iou_adaption.py)")
     if not isinstance(state, dict) or state.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{path} is not an IoU adapter written by refine_hooks (format {ADAPTER_FORMAT})")
+        raise ValueError(f"{path} is not an IoU adapter written by tools/train_iou_adaption.py "
+                         f"(format {ADAPTER_FORMAT}); a SAM checkpoint goes to --checkpoint")
     return state
 
 

@@ -18,6 +18,7 @@ the log).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -208,6 +209,7 @@ class CoarseMaskDataset:
     """
 
     def __init__(self, annotation_file: str, image_dir: str, image_info: Optional[str] = None):
+        self.annotation_file = annotation_file
         self.source = load_annotation_file(annotation_file, image_info)
         self.image_dir = image_dir
         by_image: Dict[Any, List[Dict[str, Any]]] = {}
@@ -219,6 +221,30 @@ class CoarseMaskDataset:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    @property
+    def num_masks(self) -> int:
+        """Non-crowd records of the images in :attr:`image_ids`: at most this many samples per epoch."""
+        return sum(len(self.records[image_id]) for image_id in self.image_ids)
+
+    def check_inputs(self, *, progress: bool = False) -> List[str]:
+        """What would stop training part-way, found before a model is built, as the pseudo-label job finds
+        it (:mod:`refine_hooks.jobs.plan`): raises :class:`~refine_hooks.jobs.JobInputError` listing
+        malformed records, and returns the problems of the images in :attr:`image_ids` (missing, not an
+        image, another size than the file says), each naming the file; empty when all is well."""
+        from ..jobs.plan import JobInputError, build_plan, check_images
+
+        try:
+            plan = build_plan(self.source, self.image_dir, score_thr=-math.inf, skip_invalid_records=False)
+        except JobInputError as error:
+            listed = "\n  ".join(error.problems[:20])
+            more = f"\n  ... and {len(error.problems) - 20} more" if len(error.problems) > 20 else ""
+            raise JobInputError(f"{len(error.problems)} invalid records in {self.annotation_file}; nothing was "
+                                f"trained:\n  {listed}{more}", error.problems) from None
+        wanted = set(self.image_ids)
+        works = [work for work in plan.images if work.image_id in wanted]
+        return check_images(works, skip_missing_images=False, skip_invalid_records=False, progress=progress,
+                            skip_hints=False)
 
     def __getitem__(self, index: int) -> Sample:
         info = self.source.images[self.image_ids[index]]

@@ -97,10 +97,15 @@ def test_bf16_encoder_runs_on_cpu(tiny_sam, scene):
         SamEngine(tiny_sam, precision="int8")
 
 
-def test_tiny_checkpoint_round_trip(tmp_path):
+def test_tiny_checkpoint_round_trip(tmp_path, caplog):
     config = TinySamConfig(image_size=128)
     path = save_tiny_checkpoint(tmp_path / "tiny.pth", config, seed=3)
-    loaded = build_sam_model("vit_b", path)  # the file's own architecture wins
+    loaded = build_sam_model("vit_b", path)  # the file's own architecture wins, and the log says so
+    assert any("tiny random SAM" in r.getMessage() and "vit_b" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+    caplog.clear()
+    build_sam_model("tiny", path)
+    assert not caplog.records
     reference = build_tiny_sam(config, seed=3)
     assert loaded.image_encoder.img_size == 128
     for (name, a), (_, b) in zip(loaded.state_dict().items(), reference.state_dict().items()):
@@ -110,8 +115,18 @@ def test_tiny_checkpoint_round_trip(tmp_path):
 def test_official_checkpoint_with_wrong_architecture_is_refused(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(build_tiny_sam().state_dict(), path)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="does not fit model type vit_b") as raised:
         build_sam_model("vit_b", path)
+    assert "\n" not in str(raised.value) and "weights.pth" in str(raised.value)
+    # a checkpoint of another official model says which one it looks like (the encoder's width)
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(1280, 3, 16, 16)}, path)
+    with pytest.raises(ValueError, match="looks like a vit_h checkpoint"):
+        build_sam_model("vit_b", path)
+    for name, data in (("garbage.pth", b"not a checkpoint" * 10), ("empty.pth", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"checkpoint .*{name} cannot be read as PyTorch weights") as raised:
+            build_sam_model("vit_b", tmp_path / name)
+        assert "\n" not in str(raised.value)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_sam_model("vit_b", tmp_path / "missing.pth")
 

@@ -184,3 +184,19 @@ def test_max_dets_below_ten(coco_data):
     assert out["segm/AR1"] == mean(recall[:, :, 0, 0]) and out["segm/AR5"] == mean(recall[:, :, 0, -1])
     assert out["segm/ARm"] == mean(recall[:, :, 2, -1]) and out["segm/ARl"] == mean(recall[:, :, 3, -1])
     assert "segm/AR10" not in out
+
+
+def test_ground_truth_and_settings_that_pycocotools_would_trip_on_are_named(coco_data):
+    from evaluation_helpers import make_lvis
+
+    gt, results = coco_data
+    with pytest.raises(ValueError, match="an LVIS annotation file.*--lvis"):
+        evaluate_coco(make_lvis(gt), results, progress=False)
+    no_crowd = copy.deepcopy(gt)
+    del no_crowd["annotations"][3]["iscrowd"]
+    with pytest.raises(ValueError, match=f"annotation id {no_crowd['annotations'][3]['id']} .* has no 'iscrowd'"):
+        evaluate_coco(no_crowd, results, progress=False)
+    with pytest.raises(ValueError, match="result list"):
+        evaluate_coco(results, results, progress=False)
+    with pytest.raises(ValueError, match="dilation_ratio must be a number greater than 0, got -1"):
+        evaluate_coco(copy.deepcopy(gt), results, ["boundary"], dilation_ratio=-1, progress=False)

@@ -80,6 +80,21 @@ def test_all_images_without_coco_file_and_errors():
     broken["annotations"][0]["category_id"] = 77
     with pytest.raises(ValueError, match="annotation 101"):
         cocofy_lvis(broken)
+    broken = made_up_lvis()
+    del broken["annotations"][2]["category_id"]
+    with pytest.raises(ValueError, match="lvis.json: annotation #2 .id 103. has no 'category_id'"):
+        cocofy_lvis(broken, lvis_name="lvis.json")
+    with pytest.raises(ValueError, match="no 'categories' list"):
+        cocofy_lvis({k: v for k, v in made_up_lvis().items() if k != "categories"})
+
+
+def test_every_annotation_left_out_is_counted():
+    lvis = made_up_lvis()
+    lvis["annotations"].append(dict(lvis["annotations"][0], id=107, image_id=555))  # an image the file lacks
+    info = cocofy_lvis(lvis, COCO)["info"]["cocofied"]
+    # 6 + 1 annotations: 3 kept, 104 on image 9999 (not a COCO image), 102 and 105 of non-COCO categories
+    assert (info["annotations"], info["dropped_other_images"], info["dropped_other_categories"],
+            info["dropped_unknown_images"]) == (3, 1, 2, 1)
 
 
 def test_output_evaluates_with_lvis_protocol_and_tool(tmp_path, monkeypatch, capsys):

@@ -57,8 +57,11 @@ def test_lvis_flag_and_bad_input(tmp_path, monkeypatch, capsys, synthetic_coco):
     assert summary["predictions"][str(dt_path)]["metrics"] == dict(evaluate_lvis(lvis, results, ["segm"], progress=False))
     results[0]["category_id"] = 4242
     dt_path.write_text(json.dumps(results))
-    assert run_tool(monkeypatch, "--gt", str(gt_path), "--dt", str(dt_path), "--no-progress") == 2
+    assert run_tool(monkeypatch, "--gt", str(gt_path), "--dt", str(dt_path), "--lvis", "--no-progress") == 2
     assert "4242" in capsys.readouterr().err
+    # the LVIS file without --lvis: said so, before any prediction is read
+    assert run_tool(monkeypatch, "--gt", str(gt_path), "--dt", str(dt_path), "--no-progress") == 2
+    assert "--lvis" in capsys.readouterr().err
 
 
 def test_benchmark_reports_both_timings(tmp_path, capsys):

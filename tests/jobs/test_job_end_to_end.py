@@ -147,6 +147,33 @@ def test_changed_options_of_an_existing_job_are_refused(coco_dataset, tiny_check
         )
 
 
+def test_decoder_chunk_size_may_change_on_resume_where_it_cannot_change_results(coco_dataset, tiny_checkpoint, tmp_path):
+    """On CPU each prompt set is decoded alone (batch invariant), so the decoder's chunk size is a throughput
+    option there; where prompts are batched (CUDA) it can move pixels and stays result-deciding."""
+    out = str(tmp_path / "out.json")
+    first = _options(tiny_checkpoint, keep_work_dir=True, refiner_kwargs={**REFINER_KWARGS, "decoder_chunk_size": 8})
+    refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], out, first)
+    with open(out, "rb") as handle:
+        before = handle.read()
+    resumed = _options(tiny_checkpoint, keep_work_dir=True, refiner_kwargs={**REFINER_KWARGS, "decoder_chunk_size": 2})
+    refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], out, resumed)  # not refused
+    with open(out, "rb") as handle:
+        assert handle.read() == before
+    fresh = str(tmp_path / "fresh.json")
+    refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], fresh, _options(tiny_checkpoint, refiner_kwargs={
+        **REFINER_KWARGS, "decoder_chunk_size": 2}))
+    with open(fresh, "rb") as handle:
+        assert handle.read() == before  # and the chunk size really changes nothing on CPU
+
+    def decided(device, **kwargs):
+        return JobOptions(device=device, refiner_kwargs=dict(decoder_chunk_size=8, **kwargs)).result_options()["refiner_kwargs"]
+
+    assert "decoder_chunk_size" not in decided("cpu")
+    assert decided("cuda") == {"decoder_chunk_size": 8} and decided("cuda:1") == {"decoder_chunk_size": 8}
+    assert decided("cuda", batch_invariant=True) == {"batch_invariant": True}
+    assert decided("cpu", batch_invariant=False) == {"batch_invariant": False, "decoder_chunk_size": 8}
+
+
 def test_large_image_masks_are_split_into_bounded_groups_and_all_refined(coco_dataset, tiny_checkpoint, tmp_path, monkeypatch):
     from refine_hooks.jobs import worker
 

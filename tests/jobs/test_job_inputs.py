@@ -11,7 +11,7 @@ import torch
 
 from refine_hooks.data.images import ImageReadError
 from refine_hooks.data.masks import mask_to_xywh, segmentation_to_mask
-from refine_hooks.jobs import JobInputError, JobOptions, RefinerUnavailableError, refine_annotation_file
+from refine_hooks.jobs import JobInputError, JobOptions, RefinerUnavailableError, refine_annotation_file, summary_path
 from refine_hooks.jobs.worker import INFO_KEY
 
 REFINER_KWARGS = {}
@@ -67,7 +67,11 @@ def test_result_list_and_detectron2_pth_give_the_masks_of_the_coco_run(coco_data
     pth = str(tmp_path / "instances_predictions.pth")
     torch.save([{"image_id": i, "instances": v, "file_extra": 1} for i, v in predictions.items()], pth)
     pth_out = str(tmp_path / "refined_predictions.pth")
+    json_out = str(tmp_path / "refined_predictions.json")  # a neighbour the .pth output's summary must not hit
+    refine_annotation_file(results_path, coco_dataset["images"], json_out, _options(tiny_checkpoint, image_info=coco_dataset["ann"]))
     summary = refine_annotation_file(pth, coco_dataset["images"], pth_out, _options(tiny_checkpoint, image_info=coco_dataset["ann"]))
+    assert summary_path(pth_out) == pth_out + ".summary.json" and summary_path(json_out) == str(tmp_path / "refined_predictions.summary.json")
+    assert _read(summary_path(pth_out))["output"] == pth_out and _read(summary_path(json_out))["output"] == json_out
     written = torch.load(pth_out, weights_only=True)
     assert [p["image_id"] for p in written] == list(predictions) and all(p["file_extra"] == 1 for p in written)
     flat = [instance for prediction in written for instance in prediction["instances"]]
@@ -111,11 +115,10 @@ def test_missing_or_broken_image_stops_before_work_or_is_copied(coco_dataset, ti
     with pytest.raises(error, match=image["file_name"]):  # workers: the error crosses the DataLoader
         refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], out, _options(tiny_checkpoint, workers=1))
     assert not os.path.exists(out)
-    chunks = [n for n in os.listdir(out + ".work") if n.startswith("chunk-")]
-    if damage != "truncated":  # refused before any work: no chunk was written
-        assert not chunks
+    if damage != "truncated":  # refused before any work: nothing is left behind
+        assert not os.path.exists(out + ".work")
     else:  # found while decoding: the chunks before it are kept
-        assert chunks
+        assert [n for n in os.listdir(out + ".work") if n.startswith("chunk-")]
 
     # the same output, now skipping: a refused run did no work, and chunks finished before a truncated
     # image are what a skipping run writes, so the job goes on; the file equals a fresh skipping run's
@@ -179,3 +182,56 @@ def test_min_area_passes_small_masks_through(coco_dataset, tiny_checkpoint, tmp_
         if area < threshold and not before["iscrowd"]:
             assert after[INFO_KEY] == {"status": "passed_through", "reason": "below_min_area", "pred_iou": None, "iou_coarse_refined": 1.0}
             assert after["segmentation"] == before["segmentation"]
+
+
+def test_output_named_like_another_kind_or_like_an_input_is_refused_before_work(coco_dataset, tiny_checkpoint, tmp_path):
+    ann = coco_dataset["ann"]
+    with pytest.raises(JobInputError, match="must end in .json"):
+        refine_annotation_file(ann, coco_dataset["images"], str(tmp_path / "o.pth"), _options(tiny_checkpoint))
+    pth = str(tmp_path / "p.pth")
+    torch.save([], pth)
+    with pytest.raises(JobInputError, match="must end in .pth or .pt"):
+        refine_annotation_file(pth, coco_dataset["images"], str(tmp_path / "o.json"), _options(tiny_checkpoint, image_info=ann))
+    link = tmp_path / "link.json"
+    os.symlink(ann, link)
+    with open(ann, "rb") as handle:
+        before = handle.read()
+    with pytest.raises(JobInputError, match="refusing to overwrite"):
+        refine_annotation_file(ann, coco_dataset["images"], str(link), _options(tiny_checkpoint))
+    with open(ann, "rb") as handle:
+        assert handle.read() == before
+    assert not os.path.exists(str(link) + ".work")
+
+
+def test_unknown_scores_follow_one_rule(coco_dataset, tiny_checkpoint, tmp_path):
+    """Missing, null and NaN scores are unknown: refined at --score-thr 0, passed through (no_score) above it;
+    a score that is not a number is an invalid record."""
+    data = json.loads(json.dumps(coco_dataset["data"]))
+    objects = [a for a in data["annotations"] if not a["iscrowd"]]
+    del objects[0]["score"]
+    objects[1]["score"] = None
+    objects[2]["score"] = float("nan")  # json writes NaN, Python reads it back
+    objects[3]["score"] = 0.9
+    objects[4]["score"] = 0.1
+    path = _write(tmp_path / "scores.json", data)
+    unknown = {objects[k]["id"] for k in range(3)}
+
+    def statuses(score_thr):
+        out = str(tmp_path / f"out_{score_thr}.json")
+        refine_annotation_file(path, coco_dataset["images"], out,
+                               _options(tiny_checkpoint, score_thr=score_thr, refiner_kwargs={"iterations": 1}))
+        return {a["id"]: a[INFO_KEY] for a in _read(out)["annotations"]}
+
+    at_zero = statuses(0.0)
+    assert all(at_zero[i]["status"] in ("refined", "passed_through") and at_zero[i]["reason"] != "no_score" for i in unknown)
+    assert all(at_zero[i]["reason"] not in ("no_score", "below_score_thr") for i in unknown)
+    above = statuses(0.5)
+    assert all(above[i] == {"status": "passed_through", "reason": "no_score", "pred_iou": None, "iou_coarse_refined": 1.0}
+               for i in unknown)
+    assert above[objects[4]["id"]]["reason"] == "below_score_thr"
+    assert above[objects[3]["id"]]["reason"] != "below_score_thr"
+
+    objects[3]["score"] = "high"
+    path = _write(tmp_path / "text_score.json", data)
+    with pytest.raises(JobInputError, match=f"annotation id {objects[3]['id']}.*score 'high' is not a number"):
+        refine_annotation_file(path, coco_dataset["images"], str(tmp_path / "o.json"), _options(tiny_checkpoint))

@@ -95,5 +95,9 @@ def test_torchrun_two_ranks_and_shards_give_the_single_process_file(dataset, tin
     _run(_args(dataset, tiny_checkpoint, sharded, "--shard", "2/3"))
     _run(_args(dataset, tiny_checkpoint, sharded, "--shard", "1/3"))  # the last part merges
     assert _bytes(sharded) == _bytes(single)
+    # the parts share OUT.work/ (another may still be reading it): kept, as --help and the docs say
+    assert os.path.isdir(work_dir_for(sharded)) and not os.path.exists(work_dir_for(single))
+    _run(_args(dataset, tiny_checkpoint, sharded, "--shard", "0/3"))  # a retried part just merges again
+    assert _bytes(sharded) == _bytes(single)
     with open(str(tmp_path / "single.summary.json")) as handle:
         assert json.load(handle)["complete"] is True

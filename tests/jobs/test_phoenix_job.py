@@ -59,5 +59,5 @@ def test_missing_or_wrong_checkpoint_stops_before_any_work(coco_dataset, tiny_ch
                           "--images", coco_dataset["images"], "--out", out, "--model-type", "tiny", "--checkpoint",
                           tiny_checkpoint, "--refiner", "phoenix", "--refiner-checkpoint", str(bad), "--no-progress"],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
-    assert run.returncode == 3 and str(bad) in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and str(bad) in run.stderr and "Traceback" not in run.stderr
     assert not os.path.exists(out) and not os.path.exists(out + ".work")

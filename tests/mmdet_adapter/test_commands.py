@@ -55,17 +55,32 @@ def test_mmdet_tools_test_and_our_wrapper(coco, tmp_path):
     import mmdet
 
     mmdet_test = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "tools", "test.py")
-    done = subprocess.run([sys.executable, mmdet_test, config, checkpoint, "--work-dir", str(tmp_path / "a")],
-                          env=env, capture_output=True, text=True, timeout=480, cwd=str(tmp_path))
+    mmdet_out = str(tmp_path / "mmdet_refined.pkl")
+    done = subprocess.run([sys.executable, mmdet_test, config, checkpoint, "--work-dir", str(tmp_path / "a"),
+                           "--out", mmdet_out], env=env, capture_output=True, text=True, timeout=480, cwd=str(tmp_path))
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert "MaskRefinementHook (test): refined" in log and "coco/boundary_mAP" in log
 
-    out = str(tmp_path / "metrics.json")
-    done = subprocess.run([sys.executable, os.path.join(REPO, "tools", "mmdet_test.py"), config, checkpoint,
-                           "--work-dir", str(tmp_path / "b"), "--keep-unrefined", "--out", out],
+    # our wrapper's --out means what mmdet's does: the predictions (refined), for tools/evaluate.py
+    ours, coarse, metrics_path = (str(tmp_path / name) for name in ("refined.pkl", "coarse.pkl", "metrics.json"))
+    tool = os.path.join(REPO, "tools", "mmdet_test.py")
+    done = subprocess.run([sys.executable, tool, config, checkpoint, "--work-dir", str(tmp_path / "b"), "--keep-unrefined",
+                           "--out", ours, "--metrics-out", metrics_path],
                           env=env, capture_output=True, text=True, timeout=480, cwd=str(tmp_path))
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    with open(out) as f:
+    with open(metrics_path) as f:
         metrics = json.load(f)
     assert "coco/segm_mAP" in metrics and "coco/boundary_mAP" in metrics
+    done = subprocess.run([sys.executable, tool, config, checkpoint, "--work-dir", str(tmp_path / "c"), "--no-refine",
+                           "--out", coarse], env=env, capture_output=True, text=True, timeout=480, cwd=str(tmp_path))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+    from refine_hooks.data.predictions import load_predictions
+    from refine_hooks.evaluation.files import evaluate_files
+
+    refined_predictions = load_predictions(ours, ann)
+    assert refined_predictions == load_predictions(mmdet_out, ann)  # the same dump as mmdet's tools/test.py
+    assert len(load_predictions(coarse, ann)) == len(refined_predictions) > 0  # the same detections, unrefined
+    summary, text = evaluate_files(ann, coarse, compare_path=ours, iou_types=["segm"], progress=False)
+    assert "segm/AP" in summary["delta"] and "coarse.pkl vs refined.pkl" in text
