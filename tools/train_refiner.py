@@ -19,6 +19,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from refine_hooks import cli  # noqa: E402
 from refine_hooks.sam import CheckpointUnavailableError  # noqa: E402
 from refine_hooks.sam.refiner_weights import RefinerCheckpointError  # noqa: E402
 from refine_hooks.training.phoenix import (  # noqa: E402
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--out", required=True, help="refiner checkpoint to write")
-    model.add_argument("--model-type", default="vit_h", help="SAM: vit_b, vit_l, vit_h, tiny (default vit_h)")
+    model.add_argument("--model-type", default="vit_h", type=cli.model_type,
+                       help="SAM: vit_b, vit_l, vit_h, tiny (default vit_h)")
     model.add_argument("--checkpoint", help="SAM weights (default: the official file, downloaded and cached)")
     model.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     model.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
@@ -52,16 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="adversarial (AMP), sam (SUM's SAM pseudo-labels), morphological (default adversarial)")
     method.add_argument("--contrastive", action=argparse.BooleanOptionalAction, default=cmrl.enabled, help="CMRL")
     method.add_argument("--p-morph", type=float, default=defaults.p_morph, help="share of morphological noise (default 0)")
-    method.add_argument("--cascade-steps", type=int, default=defaults.cascade_steps,
+    method.add_argument("--cascade-steps", type=cli.non_negative_int, default=defaults.cascade_steps,
                         help=f"extra steps on the model's own output (default {defaults.cascade_steps})")
     method.add_argument("--prompt-dropout", type=float, default=defaults.prompt_dropout)
     method.add_argument("--mask-encoding", default=defaults.mask_encoding, choices=MASK_ENCODINGS,
                         help="how the noisy mask enters (binary +-30, or SAMRefiner's distance Gaussian)")
     method.add_argument("--freeze-prompt-encoder", action="store_true", help="train the mask decoder only")
-    method.add_argument("--amp-tokens", type=int, default=amp.num_tokens, help="P (default 50)")
-    method.add_argument("--amp-step-size", type=float, default=amp.step_size, help="α0 (default 0.01)")
-    method.add_argument("--amp-steps", type=int, default=amp.inner_steps, help="N (default 10)")
-    method.add_argument("--amp-decays", type=int, default=amp.max_decays, help="step-size decays (default 3)")
+    method.add_argument("--amp-tokens", type=cli.positive_int, default=amp.num_tokens, help="P (default 50)")
+    method.add_argument("--amp-step-size", type=cli.positive_float, default=amp.step_size, help="α0 (default 0.01)")
+    method.add_argument("--amp-steps", type=cli.positive_int, default=amp.inner_steps, help="N (default 10)")
+    method.add_argument("--amp-decays", type=cli.non_negative_int, default=amp.max_decays, help="step-size decays (default 3)")
     method.add_argument("--amp-tau", type=float, nargs=2, default=list(amp.tau_range), metavar=("LOW", "HIGH"),
                         help="τ ~ U(LOW, HIGH) (default 0.3 0.9)")
     method.add_argument("--amp-guidance", nargs="+", default=list(amp.guidance), choices=GUIDANCE_KINDS)
@@ -70,26 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SAM's quality filter for --noise sam and --unlabeled targets (default 0.88)")
     method.add_argument("--filter-stability", type=float, default=SamNoiseConfig().min_stability,
                         help="SAM's stability filter for --noise sam and --unlabeled targets (default 0.95)")
-    method.add_argument("--cmrl-weight", type=float, default=cmrl.weight, help="λ_CMRL (default 1e-3)")
-    method.add_argument("--cmrl-temperature", type=float, default=cmrl.temperature, help="τ of CMRL (default 0.1)")
+    method.add_argument("--cmrl-weight", type=cli.non_negative_float, default=cmrl.weight, help="λ_CMRL (default 1e-3)")
+    method.add_argument("--cmrl-temperature", type=cli.positive_float, default=cmrl.temperature, help="τ of CMRL (default 0.1)")
 
     optim = parser.add_argument_group("optimisation (defaults: Phoenix's)")
-    optim.add_argument("--iterations", type=int, default=defaults.iterations)
-    optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch over all processes")
-    optim.add_argument("--lr", type=float, default=defaults.lr)
-    optim.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    optim.add_argument("--warmup", type=int, default=defaults.warmup)
-    optim.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
+    optim.add_argument("--iterations", type=cli.positive_int, default=defaults.iterations)
+    optim.add_argument("--batch-size", type=cli.positive_int, default=defaults.batch_size, help="global batch over all processes")
+    optim.add_argument("--lr", type=cli.positive_float, default=defaults.lr)
+    optim.add_argument("--weight-decay", type=cli.non_negative_float, default=defaults.weight_decay)
+    optim.add_argument("--warmup", type=cli.non_negative_int, default=defaults.warmup)
+    optim.add_argument("--grad-clip", type=cli.positive_float, default=defaults.grad_clip)
     optim.add_argument("--hflip", type=float, default=defaults.hflip)
-    optim.add_argument("--colour-jitter", type=float, default=defaults.colour_jitter)
-    optim.add_argument("--min-area", type=int, default=defaults.min_area, help="targets with fewer pixels are skipped")
+    optim.add_argument("--colour-jitter", type=cli.non_negative_float, default=defaults.colour_jitter)
+    optim.add_argument("--min-area", type=cli.positive_int, default=defaults.min_area, help="targets with fewer pixels are skipped")
     optim.add_argument("--seed", type=int, default=defaults.seed)
 
     run = parser.add_argument_group("run")
     run.add_argument("--work-dir", help="checkpoints and log (default OUT.work/); rerun to resume")
     run.add_argument("--cache-dir", help="keep the frozen encoder's embeddings here (fp16; colour jitter off)")
-    run.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image-decoding workers")
-    run.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
+    run.add_argument("--workers", type=cli.non_negative_int, default=min(4, os.cpu_count() or 1), help="image-decoding workers")
+    run.add_argument("--checkpoint-every", type=cli.positive_int, default=500, help="iterations between checkpoints")
     run.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -110,24 +112,30 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     )
 
 
+def check_command_line(args: argparse.Namespace, data: TrainingData) -> None:
+    """Everything that can be checked before any data is read (see refine_hooks.cli)."""
+    if data.empty:
+        cli.fail("no training data: give --coco ANNOTATIONS IMAGE_ROOT, --pairs IMAGE_DIR MASK_DIR or --unlabeled IMAGE_DIR")
+    cli.require_files({"--coco": [annotations for annotations, _ in data.coco], "--checkpoint": args.checkpoint})
+    for name, folders in (("--coco", [root for _, root in data.coco]), ("--pairs", [f for pair in data.pairs for f in pair]),
+                          ("--unlabeled", data.unlabeled)):
+        for folder in folders:
+            cli.require_directory(name, folder)
+    cli.check_output_path("--out", args.out, suffixes=(".pth", ".pt"), what="a refiner checkpoint (torch archive)")
+    inputs = {"--coco": [annotations for annotations, _ in data.coco], "--checkpoint": args.checkpoint}
+    cli.refuse_overwriting_inputs({"--out": args.out}, inputs)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = TrainingData(coco=[tuple(c) for c in args.coco], pairs=[tuple(p) for p in args.pairs],
                         unlabeled=args.unlabeled, skip_missing_images=args.skip_missing_images)
-    try:
-        config = config_from_args(args)
-        summary = train_refiner(data, args.out, config, model_type=args.model_type, checkpoint=args.checkpoint,
-                                device=device, work_dir=args.work_dir, cache_dir=args.cache_dir, workers=args.workers,
-                                checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-    except (TrainingDataError, RefinerCheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (TrainingResumeError, CheckpointUnavailableError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
+    check_command_line(args, data)
+    device = cli.checked_device(args.device)
+    config = config_from_args(args)
+    summary = train_refiner(data, args.out, config, model_type=args.model_type, checkpoint=args.checkpoint,
+                            device=device, work_dir=args.work_dir, cache_dir=args.cache_dir, workers=args.workers,
+                            checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {summary['iterations']} iterations on {summary['samples']} targets; log: {summary['log']}")
         print(f"written: {summary['out']}")
@@ -135,4 +143,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, errors=(TrainingDataError, RefinerCheckpointError, ValueError),
+                     environment_errors=(TrainingResumeError, CheckpointUnavailableError)))

@@ -30,12 +30,15 @@ LVIS = "prepare_cocofied_lvis.py"
 TRAIN = "train_iou_adaption.py"
 VIS = "visualize_refinement.py"
 MMDET = "mmdet_test.py"
+REFINER = "train_refiner.py"
 
 _JOB_BASE = ["--images", "{d}/images", "--model-type", "tiny", "--checkpoint", "{d}/tiny.pth", "--device", "cpu",
              "--workers", "0", "--no-progress"]
 _TRAIN_BASE = ["--images", "{d}/images", "--model-type", "tiny", "--checkpoint", "{d}/tiny.pth", "--device", "cpu",
                "--no-progress"]
 _VIS_BASE = ["--images", "{d}/images"]
+_REFINER_BASE = ["--model-type", "tiny", "--checkpoint", "{d}/tiny.pth", "--device", "cpu", "--workers", "0",
+                 "--no-progress", "--iterations", "1"]
 
 # (row id, tool, arguments with {d} for the user's directory, what the error line must name)
 CASES: List[Tuple[str, str, List[str], str]] = [
@@ -135,6 +138,28 @@ CASES: List[Tuple[str, str, List[str], str]] = [
                                         "--out", "{d}/overlay.png"], "absent.json"),
     ("visualize-out-without-image-extension", VIS, ["--coarse", "{d}/coarse.json", "--refined", "{d}/coarse.json",
                                                     *_VIS_BASE, "--out", "{d}/overlay"], "overlay"),
+    # --- train_refiner.py: data is checked before the model is built (a garbage checkpoint is never read)
+    ("refiner-out-is-checkpoint", REFINER, ["--coco", "{d}/coarse.json", "{d}/images", *_REFINER_BASE,
+                                            "--out", "{d}/tiny.pth"], "tiny.pth"),
+    ("refiner-out-not-pth", REFINER, ["--coco", "{d}/coarse.json", "{d}/images", *_REFINER_BASE, "--out", "{d}/r.json"],
+     "r.json"),
+    ("refiner-no-data", REFINER, [*_REFINER_BASE, "--out", "{d}/r.pth"], "--coco"),
+    ("refiner-missing-annotations", REFINER, ["--coco", "{d}/absent.json", "{d}/images", *_REFINER_BASE,
+                                              "--out", "{d}/r.pth"], "absent.json"),
+    ("refiner-missing-image-before-model", REFINER, ["--coco", "{d}/coarse_missing_image.json", "{d}/images",
+                                                     *_REFINER_BASE, "--checkpoint", "{d}/garbage.pth",
+                                                     "--out", "{d}/r.pth"], "not_there.jpg"),
+    ("refiner-garbage-checkpoint", REFINER, ["--coco", "{d}/coarse.json", "{d}/images", *_REFINER_BASE, "--checkpoint",
+                                             "{d}/garbage.pth", "--out", "{d}/r.pth"], "garbage.pth"),
+    ("refiner-device-without-cuda", REFINER, ["--coco", "{d}/coarse.json", "{d}/images", *_REFINER_BASE, "--device",
+                                              NO_SUCH_CUDA, "--out", "{d}/r.pth"], NO_SUCH_CUDA),
+    ("refiner-iterations-0", REFINER, ["--coco", "{d}/coarse.json", "{d}/images", *_REFINER_BASE, "--iterations", "0",
+                                       "--out", "{d}/r.pth"], "--iterations"),
+    ("job-phoenix-without-refiner-checkpoint", JOB, ["{d}/coarse.json", *_JOB_BASE, "--refiner", "phoenix",
+                                                     "--out", "{d}/r.json"], "--refiner-checkpoint"),
+    ("job-phoenix-garbage-refiner-checkpoint", JOB, ["{d}/coarse.json", *_JOB_BASE, "--refiner", "phoenix",
+                                                     "--refiner-checkpoint", "{d}/garbage.pth", "--out", "{d}/r.json"],
+     "garbage.pth"),
     # --- mmdet_test.py: the checkpoint is checked before any runner is built
     ("mmdet-missing-checkpoint", MMDET, [MMDET_CONFIG, "{d}/missing.pth"], "missing.pth"),
     ("mmdet-out-not-pkl", MMDET, [MMDET_CONFIG, "{d}/det.pkl", "--out", "{d}/preds.json"], "preds.json"),

@@ -8,16 +8,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from shapes import make_shapes_coco  # noqa: E402
 
 from refine_hooks.sam import save_tiny_checkpoint  # noqa: E402
-from refine_hooks.training.phoenix import TrainingConfig, TrainingData, train_refiner  # noqa: E402
+from refine_hooks.training.phoenix import TrainingData, train_refiner  # noqa: E402
+from training_helpers import quick_config  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def quick_config(**overrides) -> TrainingConfig:
-    """Settings for seconds-long CPU runs: few iterations, small batch, no warm-up."""
-    values = dict(iterations=3, batch_size=2, warmup=1, cascade_steps=1)
-    values.update(overrides)
-    return TrainingConfig(**values)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, quick_config
+from training_helpers import REPO, quick_config
 from refine_hooks.sam import build_sam_model
 from refine_hooks.sam.refiner_weights import read_refiner_checkpoint
 from refine_hooks.training.phoenix import (CocoSource, RefinerTrainer, SelfSupervisedConfig, TrainingData,
