@@ -123,6 +123,11 @@ run_build() {
         | sed -u -E 's#^ *(\[[0-9]+/[0-9]+\]).* -c ([^ ]*/)?([^/ ]+\.(cpp|cc|cu)) .*#\1 \3#' || true
 }
 
+# The wheel of a distribution in a folder (names may be normalized to lower case), or nothing.
+find_wheel() {
+    find "$1" -maxdepth 1 -iname "$2-*.whl" 2>/dev/null | head -n1 || true
+}
+
 keep_failed_log() {
     local what="$1" log="$2" name="$3"
     mkdir -p "$CACHE/wheels"
@@ -190,7 +195,7 @@ build_d2_wheel() {
     run_build Detectron2 "$WORK/detectron2-build.log" env MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
         "$PY" -m pip wheel --disable-pip-version-check -v --no-build-isolation --no-deps -w "$WORK/d2dist" "$src"
     local wheel
-    wheel="$(ls "$WORK"/d2dist/detectron2-*.whl 2>/dev/null | head -n1 || true)"
+    wheel="$(find_wheel "$WORK/d2dist" detectron2)"
     [ -n "$wheel" ] || keep_failed_log Detectron2 "$WORK/detectron2-build.log" detectron2-build-failed.log
     mkdir -p "$D2_WHEELS"
     cp "$wheel" "$D2_WHEELS/"
@@ -199,10 +204,10 @@ build_d2_wheel() {
 
 install_d2() {
     local wheel
-    wheel="$(ls "$D2_WHEELS"/detectron2-*.whl 2>/dev/null | head -n1 || true)"
+    wheel="$(find_wheel "$D2_WHEELS" detectron2)"
     if [ -z "$wheel" ]; then
         build_d2_wheel
-        wheel="$(ls "$D2_WHEELS"/detectron2-*.whl | head -n1)"
+        wheel="$(find_wheel "$D2_WHEELS" detectron2)"
     else
         say "reusing cached wheel $wheel"
     fi
@@ -261,11 +266,20 @@ build_msda_wheel() {
     say "building Mask2Former's MultiScaleDeformableAttention CUDA op (its setup.py, as its INSTALL.md says)"
     mkdir -p "$WORK/msda"
     cp -r "$M2F_OPS/." "$WORK/msda/"
+    # torch >= 2.6 no longer converts Tensor::type() to the ScalarType that AT_DISPATCH_FLOATING_TYPES
+    # takes, so the op's .cu file stops compiling; value.scalar_type() means the same on every torch.
+    # Changed in the build copy only.
+    local cu="$WORK/msda/src/cuda/ms_deform_attn_cuda.cu"
+    if grep -q 'AT_DISPATCH_FLOATING_TYPES(value\.type(),' "$cu" 2>/dev/null; then
+        sed -i 's/AT_DISPATCH_FLOATING_TYPES(value\.type(),/AT_DISPATCH_FLOATING_TYPES(value.scalar_type(),/' "$cu"
+        say "in the build copy, AT_DISPATCH_FLOATING_TYPES(value.type(), ...) -> value.scalar_type() in" \
+            "src/cuda/ms_deform_attn_cuda.cu (Tensor::type() no longer converts to a ScalarType in torch >= 2.6)"
+    fi
     with_ninja_path
     run_build MultiScaleDeformableAttention "$WORK/msda-build.log" env MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
         "$PY" -m pip wheel --disable-pip-version-check -v --no-build-isolation --no-deps -w "$WORK/msdadist" "$WORK/msda"
     local wheel
-    wheel="$(ls "$WORK"/msdadist/MultiScaleDeformableAttention-*.whl 2>/dev/null | head -n1 || true)"
+    wheel="$(find_wheel "$WORK/msdadist" MultiScaleDeformableAttention)"
     [ -n "$wheel" ] || keep_failed_log MultiScaleDeformableAttention "$WORK/msda-build.log" msda-build-failed.log
     mkdir -p "$wheels"
     cp "$wheel" "$wheels/"
@@ -293,10 +307,10 @@ install_msda() {
     local ops_key wheels wheel
     read -r ops_key _ < <("$PY" "$HERE/source_archive.py" describe "$M2F_OPS")
     wheels="$CACHE/wheels/msda-$ops_key-$BUILD_TAG"
-    wheel="$(ls "$wheels"/MultiScaleDeformableAttention-*.whl 2>/dev/null | head -n1 || true)"
+    wheel="$(find_wheel "$wheels" MultiScaleDeformableAttention)"
     if [ -z "$wheel" ]; then
         build_msda_wheel "$wheels"
-        wheel="$(ls "$wheels"/MultiScaleDeformableAttention-*.whl | head -n1)"
+        wheel="$(find_wheel "$wheels" MultiScaleDeformableAttention)"
     else
         say "reusing cached wheel $wheel"
     fi
