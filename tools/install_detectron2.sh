@@ -84,14 +84,7 @@ say "building against torch $TORCH_VERSION ($BUILD)"
 
 # Pin what pip must not touch to the versions already installed.
 CONSTRAINTS="$WORK/constraints.txt"
-"$PY" - >"$CONSTRAINTS" <<'EOF'
-from importlib import metadata
-for name in ("torch", "torchvision", "numpy"):
-    try:
-        print(f"{name}=={metadata.version(name)}")
-    except metadata.PackageNotFoundError:
-        pass
-EOF
+"$PY" "$HERE/pin_installed.py" >"$CONSTRAINTS" || die "could not read the installed versions of torch, torchvision, numpy"
 pip_install() { "$PY" -m pip install --disable-pip-version-check -c "$CONSTRAINTS" "$@"; }
 
 # Prints the local archive or folder of a source (downloading a URL once), or stops saying why not.
@@ -115,26 +108,45 @@ report_source() {
     fi
 }
 
-# Runs a build command, showing only its compile progress lines (everything goes to the log).
-run_build() {
-    local what="$1" log="$2"
-    shift 2
-    say "compiling $what; progress lines below, full log in $log (kept in the cache if the build fails)"
-    ( "$@" ) 2>&1 | tee "$log" | grep -E --line-buffered '^ *\[[0-9]+/[0-9]+\]|error:' \
-        | sed -u -E 's#^ *(\[[0-9]+/[0-9]+\]).* -c ([^ ]*/)?([^/ ]+\.(cpp|cc|cu)) .*#\1 \3#' || true
-}
-
 # The wheel of a distribution in a folder (names may be normalized to lower case), or nothing.
 find_wheel() {
     find "$1" -maxdepth 1 -iname "$2-*.whl" 2>/dev/null | head -n1 || true
 }
 
-keep_failed_log() {
-    local what="$1" log="$2" name="$3"
-    mkdir -p "$CACHE/wheels"
-    cp "$log" "$CACHE/wheels/$name"
-    tail -n 40 "$log" >&2
-    die "the $what build produced no wheel; full log: $CACHE/wheels/$name"
+# Builds distribution $1 from the source folder or archive $2 against the installed torch and caches
+# the wheel in folder $3. Shows only the compile progress lines; the full log is kept in the cache on failure.
+build_wheel() {
+    local name="$1" src="$2" dest="$3" log="$WORK/$1-build.log" wheel
+    with_ninja_path
+    say "compiling $name; progress lines below, full log in $log"
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip wheel --disable-pip-version-check -v --no-build-isolation \
+        --no-deps -w "$WORK/dist-$name" "$src" 2>&1 | tee "$log" \
+        | grep -E --line-buffered '^ *\[[0-9]+/[0-9]+\]|error:' \
+        | sed -u -E 's#^ *(\[[0-9]+/[0-9]+\]).* -c ([^ ]*/)?([^/ ]+\.(cpp|cc|cu)) .*#\1 \3#' || true
+    wheel="$(find_wheel "$WORK/dist-$name" "$name")"
+    if [ -z "$wheel" ]; then
+        mkdir -p "$CACHE/wheels"
+        cp "$log" "$CACHE/wheels/$name-build-failed.log"
+        tail -n 40 "$log" >&2
+        die "the $name build produced no wheel; full log: $CACHE/wheels/$name-build-failed.log"
+    fi
+    mkdir -p "$dest"
+    cp "$wheel" "$dest/"
+    rm -f "$CACHE/wheels/$name-build-failed.log"
+    say "cached $(basename "$wheel") in $dest"
+}
+
+# Prints the cached wheel of distribution $1 in folder $2, building it first with command $3 when missing.
+cached_wheel() {
+    local name="$1" dest="$2" build="$3" wheel
+    wheel="$(find_wheel "$dest" "$name")"
+    if [ -z "$wheel" ]; then
+        "$build" >&2
+        wheel="$(find_wheel "$dest" "$name")"
+    else
+        say "reusing cached wheel $wheel" >&2
+    fi
+    echo "$wheel"
 }
 
 # ninja makes torch's extension builds parallel; a private copy when the machine has none.
@@ -146,13 +158,6 @@ with_ninja_path() {
     fi
 }
 
-pinned_versions() { sort "$CONSTRAINTS" | tr '\n' ' '; }
-installed_versions() {
-    "$PY" -c 'from importlib import metadata as m
-for n in ("numpy", "torch", "torchvision"):
-    try: print(f"{n}=={m.version(n)}")
-    except m.PackageNotFoundError: pass' | sort | tr '\n' ' '
-}
 
 # --- Detectron2 ---------------------------------------------------------------------------------------------
 D2_PATH="$(fetch_source Detectron2 "${DETECTRON2_SOURCE:-$DETECTRON2_URL}" DETECTRON2_SOURCE)"
@@ -192,26 +197,12 @@ build_d2_wheel() {
         tar -C "$src" --exclude=.git --exclude=build --exclude='*.egg-info' -cf - . | tar -C "$WORK/d2src" -xf -
         src="$WORK/d2src"
     fi
-    with_ninja_path
-    run_build Detectron2 "$WORK/detectron2-build.log" env MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        "$PY" -m pip wheel --disable-pip-version-check -v --no-build-isolation --no-deps -w "$WORK/d2dist" "$src"
-    local wheel
-    wheel="$(find_wheel "$WORK/d2dist" detectron2)"
-    [ -n "$wheel" ] || keep_failed_log Detectron2 "$WORK/detectron2-build.log" detectron2-build-failed.log
-    mkdir -p "$D2_WHEELS"
-    cp "$wheel" "$D2_WHEELS/"
-    say "cached $(basename "$wheel") in $D2_WHEELS"
+    build_wheel detectron2 "$src" "$D2_WHEELS"
 }
 
 install_d2() {
     local wheel
-    wheel="$(find_wheel "$D2_WHEELS" detectron2)"
-    if [ -z "$wheel" ]; then
-        build_d2_wheel
-        wheel="$(find_wheel "$D2_WHEELS" detectron2)"
-    else
-        say "reusing cached wheel $wheel"
-    fi
+    wheel="$(cached_wheel detectron2 "$D2_WHEELS" build_d2_wheel)"
     say "installing $(basename "$wheel") and its dependencies"
     pip_install -q --force-reinstall --no-deps "$wheel" || die "pip could not install $wheel"
     pip_install -q "$wheel" || die "pip could not install Detectron2's dependencies (see above)"
@@ -263,7 +254,6 @@ EOF
 }
 
 build_msda_wheel() {
-    local wheels="$1"
     say "building Mask2Former's MultiScaleDeformableAttention CUDA op (its setup.py, as its INSTALL.md says)"
     mkdir -p "$WORK/msda"
     cp -r "$M2F_OPS/." "$WORK/msda/"
@@ -276,14 +266,7 @@ build_msda_wheel() {
         say "in the build copy, AT_DISPATCH_FLOATING_TYPES(value.type(), ...) -> value.scalar_type() in" \
             "src/cuda/ms_deform_attn_cuda.cu (Tensor::type() no longer converts to a ScalarType in torch >= 2.6)"
     fi
-    with_ninja_path
-    run_build MultiScaleDeformableAttention "$WORK/msda-build.log" env MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        "$PY" -m pip wheel --disable-pip-version-check -v --no-build-isolation --no-deps -w "$WORK/msdadist" "$WORK/msda"
-    local wheel
-    wheel="$(find_wheel "$WORK/msdadist" MultiScaleDeformableAttention)"
-    [ -n "$wheel" ] || keep_failed_log MultiScaleDeformableAttention "$WORK/msda-build.log" msda-build-failed.log
-    mkdir -p "$wheels"
-    cp "$wheel" "$wheels/"
+    build_wheel MultiScaleDeformableAttention "$WORK/msda" "$MSDA_WHEELS"
 }
 
 install_msda() {
@@ -305,16 +288,10 @@ install_msda() {
         say "MultiScaleDeformableAttention is installed (compiled)"
         return
     fi
-    local ops_key wheels wheel
+    local ops_key wheel
     read -r ops_key _ < <("$PY" "$HERE/source_archive.py" describe "$M2F_OPS")
-    wheels="$CACHE/wheels/msda-$ops_key-$BUILD_TAG"
-    wheel="$(find_wheel "$wheels" MultiScaleDeformableAttention)"
-    if [ -z "$wheel" ]; then
-        build_msda_wheel "$wheels"
-        wheel="$(find_wheel "$wheels" MultiScaleDeformableAttention)"
-    else
-        say "reusing cached wheel $wheel"
-    fi
+    MSDA_WHEELS="$CACHE/wheels/msda-$ops_key-$BUILD_TAG"
+    wheel="$(cached_wheel MultiScaleDeformableAttention "$MSDA_WHEELS" build_msda_wheel)"
     pip_install -q --force-reinstall --no-deps "$wheel" || die "pip could not install $wheel"
 }
 
@@ -367,8 +344,8 @@ else
     check_m2f || die "Mask2Former from $M2F_TREE does not import or run (see above)"
 fi
 
-[ "$(installed_versions)" = "$(pinned_versions)" ] \
-    || die "torch/torchvision/numpy changed from $(pinned_versions)to $(installed_versions)"
+"$PY" "$HERE/pin_installed.py" | cmp -s - "$CONSTRAINTS" \
+    || die "torch, torchvision or numpy changed: was $(tr '\n' ' ' <"$CONSTRAINTS")now $("$PY" "$HERE/pin_installed.py" | tr '\n' ' ')"
 
 case "$(msda_state)" in
     stand-in) ATTENTION="Mask2Former's pure-PyTorch attention (CPU stand-in for its op)" ;;

@@ -35,28 +35,10 @@ from refine_hooks.detectron2.evaluation import RESULTS_FILE  # noqa: E402
 from refine_hooks.detectron2.images import image_from_input  # noqa: E402
 from refine_hooks.evaluation import evaluate_coco  # noqa: E402
 from refine_hooks.refiners import build_refiner  # noqa: E402
-from refine_hooks.sam import save_tiny_checkpoint  # noqa: E402
 from tiny_coco import make_tiny_coco  # noqa: E402
 
 ITERATIONS = 2
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """A registered 3-image COCO dataset (category ids 3 and 7): ``(name, json file)``."""
-    root = str(tmp_path_factory.mktemp("d2_coco"))
-    json_file = make_tiny_coco(root, num_images=3, seed=0)
-    name = f"refine_hooks_tiny_{os.getpid()}"
-    register_coco_instances(name, {}, json_file, os.path.join(root, "images"))
-    yield name, json_file
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
-
-
-@pytest.fixture(scope="module")
-def sam_checkpoint(tmp_path_factory):
-    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("sam") / "tiny_sam.pth"))
 
 
 def make_cfg(dataset_name, sam_checkpoint, refined=True):
