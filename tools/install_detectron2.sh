@@ -20,9 +20,10 @@
 # `pip install -e`). Remove the .pth file to uninstall it.
 # Its MultiScaleDeformableAttention op builds only with CUDA. On a CUDA machine it is built (as its
 # INSTALL.md says; FORCE_CUDA=1 builds without a GPU) and cached like Detectron2, with one change for
-# torch >= 2.6 in the build copy (see build_msda_wheel). Elsewhere Mask2Former still imports the op unconditionally,
-# so tools/mask2former_cpu_op (a module whose calls raise, as the op does for CPU tensors) is installed
-# under the op's name, and Mask2Former's MSDeformAttn runs its own pure-PyTorch ms_deform_attn_core_pytorch.
+# torch >= 2.6 in the build copy (see build_msda_wheel). Elsewhere Mask2Former still imports the op
+# unconditionally, so tools/mask2former_cpu_op (a module whose calls raise, as the op does for CPU
+# tensors) is installed under the op's name, and Mask2Former's MSDeformAttn runs its own pure-PyTorch
+# ms_deform_attn_core_pytorch.
 #
 # torch, torchvision and numpy are pinned to their installed versions: pip never replaces them.
 # Idempotent: a second run only checks. Each failure stops the script with a sentence saying what failed.
