@@ -10,7 +10,7 @@ DEVICE ?= cpu
 OUT ?= outputs/demo
 DEMO := tools/demo_data
 
-.PHONY: install mmdet demo test
+.PHONY: install mmdet detectron2 demo test
 
 $(VENV)/.installed: setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -24,6 +24,11 @@ install: $(VENV)/.installed
 mmdet: install
 	bash tools/install_mmdet.sh $(PY)
 
+# Detectron2 built from source and Mask2Former (its tree on sys.path; its CUDA op only where CUDA is), from
+# GitHub or from $DETECTRON2_SOURCE / $MASK2FORMER_SOURCE (archives or folders). ~2 minutes; the wheel is cached.
+detectron2: install
+	bash tools/install_detectron2.sh $(PY)
+
 demo: install
 	$(PY) tools/refine_pseudo_labels.py $(DEMO)/coarse.json --images $(DEMO)/images --out $(OUT)/refined.json \
 		--model-type $(MODEL) --device $(DEVICE) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
@@ -32,5 +37,5 @@ demo: install
 	$(PY) tools/evaluate.py --gt $(DEMO)/ground_truth.json --dt $(DEMO)/coarse.json --compare $(OUT)/refined.json \
 		--iou-type segm boundary --out $(OUT)/metrics.json
 
-test: install mmdet
+test: install mmdet detectron2
 	$(PY) -m pytest tests

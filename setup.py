@@ -22,7 +22,7 @@ setup(
         # mmcv 2.1.0 must be built from source with its ops: `make mmdet` (tools/install_mmdet.sh) does it.
         # mmengine resolves `mmdet::` configs with pkg_resources, gone from setuptools >= 82.
         "mmdet": ["mmengine>=0.10.0,<0.11", "mmdet==3.3.0", "setuptools>=77.0.3,<82"],
-        # Detectron2 is not on PyPI: install it from source as its INSTALL.md says.
+        # Detectron2 is not on PyPI: `make detectron2` (tools/install_detectron2.sh) builds it and installs Mask2Former.
         "detectron2": [],
         # HQ-SAM models (sam_hq_vit_b/l/h).
         "hq": ["segment-anything-hq==0.3", "timm"],

@@ -8,6 +8,11 @@ The equivalent of Detectron2's ``tools/train_net.py --eval-only`` for refined mo
     # LazyConfig
     python tools/detectron2_test.py --config-file configs/detectron2/mask_rcnn_R_50_FPN_1x_samrefiner.py \
         train.init_checkpoint=model_final.pkl
+    # a project's config (Mask2Former): its config functions first, as its train_net.py calls them
+    python tools/detectron2_test.py --add-config detectron2.projects.deeplab:add_deeplab_config \
+        --add-config mask2former:add_maskformer2_config \
+        --config-file $MASK2FORMER/configs/coco/instance-segmentation/maskformer2_R50_bs16_50ep.yaml \
+        --refiner-config configs/detectron2/mask2former_samrefiner.yaml MODEL.WEIGHTS model_final_3c8ec9.pkl
 
 Datasets are the config's test sets (``DATASETS.TEST`` / ``dataloader.test``); ``--register NAME JSON
 IMAGE_ROOT`` registers a COCO-format set first. LVIS sets (metadata ``evaluator_type == "lvis"``, or
@@ -18,6 +23,7 @@ IMAGE_ROOT`` registers a COCO-format set first. LVIS sets (metadata ``evaluator_
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -35,6 +41,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help=f"yacs .yaml (or {MODEL_ZOO_PREFIX}<path in Detectron2's model zoo>) or LazyConfig .py")
     parser.add_argument("--refiner-config", action="append", default=[],
                         help="yacs .yaml merged after --config-file (e.g. configs/detectron2/samrefiner.yaml)")
+    parser.add_argument("--add-config", action="append", default=[], metavar="MODULE:FUNCTION",
+                        help="yacs: call FUNCTION(cfg) before merging --config-file, as a project's train_net.py "
+                             "does (e.g. mask2former:add_maskformer2_config); importing MODULE also registers "
+                             "its meta-architectures")
     parser.add_argument("--register", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
                         help="register a COCO-format dataset before evaluating")
     parser.add_argument("--lvis", action="store_true", help="evaluate every test set with LVIS rules")
@@ -47,6 +57,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def config_adders(specs: List[str]) -> List[Any]:
+    """The ``FUNCTION`` of each ``MODULE:FUNCTION`` (importing ``MODULE``); SystemExit names a bad one."""
+    adders = []
+    for spec in specs:
+        module_name, _, function = spec.partition(":")
+        if not module_name or not function:
+            raise SystemExit(f"--add-config {spec!r}: expected MODULE:FUNCTION, e.g. mask2former:add_maskformer2_config")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise SystemExit(f"--add-config {spec}: cannot import {module_name}: {error}") from error
+        adder = getattr(module, function, None)
+        if not callable(adder):
+            raise SystemExit(f"--add-config {spec}: {module_name} has no function {function}")
+        adders.append(adder)
+    return adders
+
+
 def setup_yacs(args: argparse.Namespace):
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
@@ -54,6 +82,8 @@ def setup_yacs(args: argparse.Namespace):
     from refine_hooks.detectron2 import add_refiner_config
 
     cfg = get_cfg()
+    for add_config in config_adders(args.add_config):
+        add_config(cfg)
     add_refiner_config(cfg)
     path = args.config_file
     if path.startswith(MODEL_ZOO_PREFIX):
@@ -151,6 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("tools/detectron2_test.py needs Detectron2, which is not on PyPI; see README, 'Detectron2'.",
               file=sys.stderr)
         return 2
+    config_adders(args.add_config)  # a bad --add-config stops here, before any process starts
     if args.num_gpus <= 1:
         evaluate(args)
     else:

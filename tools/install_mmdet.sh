@@ -57,14 +57,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 # Pin what pip must not touch to the versions already installed.
 CONSTRAINTS="$WORK/constraints.txt"
-"$PY" - >"$CONSTRAINTS" <<'EOF'
-from importlib import metadata
-for name in ("torch", "torchvision", "numpy"):
-    try:
-        print(f"{name}=={metadata.version(name)}")
-    except metadata.PackageNotFoundError:
-        pass
-EOF
+"$PY" "$(dirname "$0")/pin_installed.py" >"$CONSTRAINTS"
 say "keeping installed versions: $(tr '\n' ' ' <"$CONSTRAINTS")"
 grep -q '^torch==' "$CONSTRAINTS" || die "torch is not installed in $PY; install the project first (pip install -e .)"
 

@@ -7,16 +7,16 @@
   ``DatasetEvaluator`` s.
 - :class:`PseudoLabelRefineHook`: refined pseudo labels for the next self-training round.
 
-Detectron2 is not on PyPI: install it from source (https://detectron2.readthedocs.io/en/latest/tutorials/install.html).
+Detectron2 is not on PyPI: ``tools/install_detectron2.sh`` builds it from source (docs/detectron2.md).
 """
 
 try:
     import detectron2  # noqa: F401
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "refine_hooks.detectron2 needs Detectron2, which is not on PyPI: install it from source, e.g. "
-        "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'` "
-        "(see https://detectron2.readthedocs.io/en/latest/tutorials/install.html)"
+        "refine_hooks.detectron2 needs Detectron2, which is not on PyPI: `bash tools/install_detectron2.sh "
+        "PYTHON` builds it (and installs Mask2Former) from GitHub, see docs/detectron2.md; or build it yourself "
+        "(https://detectron2.readthedocs.io/en/latest/tutorials/install.html)"
     ) from error
 
 from .config import add_refiner_config, refinement_options_from_config  # noqa: E402
