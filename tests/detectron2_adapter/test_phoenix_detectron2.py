@@ -5,10 +5,11 @@ import copy
 import os
 
 import numpy as np
-import pytest
 import torch
 
-detectron2 = pytest.importorskip("detectron2")
+from frameworks import import_framework
+
+import_framework("detectron2", "detectron2", "detectron2._C")
 
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402

@@ -1,14 +1,12 @@
 """A trained refiner (Phoenix checkpoint from the real trainer) after a real mmdet Mask R-CNN."""
 
-import importlib.util
-import os
 import pickle
 
 import numpy as np
-import pytest
 
-if importlib.util.find_spec("mmdet") is None or importlib.util.find_spec("mmcv") is None:
-    pytest.skip("mmdet / mmcv not installed (bash tools/install_mmdet.sh)", allow_module_level=True)
+from frameworks import import_framework
+
+import_framework("mmdet")  # skips without mmdet, fails when REFINE_HOOKS_REQUIRE names it
 
 import torch  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
