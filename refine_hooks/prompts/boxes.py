@@ -90,6 +90,31 @@ class EmbeddingSimilarity:
         return windows
 
 
+    def strips_near(self, masks: np.ndarray, boxes: np.ndarray) -> List["SimilarityOnDemand"]:
+        """Like :meth:`similar_near`, but each mask's similarity is computed only on the regions asked for
+        (:func:`elastic_boxes` reads at most 4 strips), with the same values there."""
+        return [SimilarityOnDemand(self, torch.einsum("c,chw->hw", query, self.valid_features)) for query in self.query(masks)]
+
+
+class SimilarityOnDemand:
+    """Which pixels are similar to one mask, computed per region on demand (a :class:`Window` stand-in).
+
+    Args:
+        similarity: the image's :class:`EmbeddingSimilarity`.
+        projected: float ``hv x wv``, the valid embedding projected on the mask's query.
+    """
+
+    def __init__(self, similarity: EmbeddingSimilarity, projected: torch.Tensor):
+        self.similarity = similarity
+        self.projected = projected
+
+    def region(self, y_from: int, y_to: int, x_from: int, x_to: int) -> np.ndarray:
+        """bool, the image slice ``[y_from:y_to, x_from:x_to]``; each value as :meth:`EmbeddingSimilarity.similar_near`'s."""
+        numerator = self.similarity.rows.apply(self.projected, 0, 0, slice(y_from, y_to))
+        numerator = self.similarity.cols.apply(numerator, 1, 0, slice(x_from, x_to))
+        return (numerator > SIMILARITY_THRESHOLD * self.similarity.norm[y_from:y_to, x_from:x_to]).cpu().numpy()
+
+
 @dataclasses.dataclass
 class Window:
     """A bool map over part of the image: ``values[y - y0, x - x0]`` is pixel ``(x, y)``."""
@@ -103,12 +128,13 @@ class Window:
         return self.values[y_from - y0 : y_to - y0, x_from - x0 : x_to - x0]
 
 
-def elastic_boxes(boxes: np.ndarray, similar: Sequence[Window], margin: float, image_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+def elastic_boxes(boxes: np.ndarray, similar: Sequence, margin: float, image_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """Grow tight boxes side by side where the context strip is similar to the object.
 
     Args:
         boxes: int ``N x 4`` tight boxes ``x1, y1, x2, y2`` (x2, y2 inclusive, as the authors').
-        similar: per box, the :meth:`EmbeddingSimilarity.similar_near` window.
+        similar: per box, the :meth:`EmbeddingSimilarity.similar_near` window (or a
+            :meth:`EmbeddingSimilarity.strips_near` entry: anything with ``region(y_from, y_to, x_from, x_to)``).
         margin: λ; a side moves out when similar pixels / strip area > λ.
         image_size: ``(H, W)``.
 
