@@ -7,6 +7,7 @@ resized-image frame (longest side = encoder input size) exactly like ``ResizeLon
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -51,7 +52,9 @@ class SamEngine:
     Args:
         model: a ``segment_anything`` ``Sam`` (or HQ-SAM) in eval mode.
         device: where the model runs (``cpu``, ``cuda``, ``cuda:1``...).
-        precision: ``fp32``, or ``bf16``/``fp16`` autocast for the image encoder (the decoder stays fp32).
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast for the image encoder and for the mask decoder's
+            transformer and upscaling (thresholds and IoU predictions stay float32, see
+            :meth:`_decoder_autocast`). ``fp32`` is bit-reproducible (README "Reproducibility").
         decoder_chunk_size: prompt sets decoded per decoder call; bounds memory for images with many masks.
         batch_invariant: decode one prompt set per decoder call so that a mask's result never depends
             on which other masks share its batch. CPU GEMM kernels round differently for different
@@ -206,6 +209,49 @@ class SamEngine:
             return self._decode_chunk(embedding, None, box, None, True)
 
     def _decode_chunk(self, embedding, points, boxes, masks, multimask_output):
+        with self._decoder_precision():
+            return self._run_decoder(embedding, points, boxes, masks, multimask_output)
+
+    @contextlib.contextmanager
+    def _decoder_precision(self):
+        """With ``bf16``/``fp16``: the mask decoder's two-way transformer and output upscaling (nearly all of
+        its arithmetic) run in that dtype and hand float32 on; prompt encoding, the hypernetwork MLPs, the
+        mask product and the IoU head stay float32, so thresholds and candidate ranking see float32.
+
+        Without autograd they run as low-precision copies of the two modules (no per-call casts of
+        weights and activations: on CPU that is most of autocast's cost); the copies follow the model's
+        weights (recast when a parameter changes). With autograd (training an adapter) they run under
+        autocast on the model's own modules, so gradients reach them.
+        """
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            yield
+            return
+        decoder = self.model.mask_decoder
+        names = ("transformer", "output_upscaling")
+        if torch.is_grad_enabled():
+            replacements = [_autocast_to_float32(getattr(decoder, name).forward, self.device.type, dtype) for name in names]
+        else:
+            replacements = [_cast_to_float32(module, dtype) for module in self._low_precision_modules(names, dtype)]
+        for name, forward in zip(names, replacements):  # an instance attribute shadows the class's forward
+            getattr(decoder, name).forward = forward
+        try:
+            yield
+        finally:
+            for name in names:
+                del getattr(decoder, name).forward
+
+    def _low_precision_modules(self, names, dtype) -> List[torch.nn.Module]:
+        """``dtype`` copies of the named mask-decoder modules, remade when the model's weights changed."""
+        decoder = self.model.mask_decoder
+        sources = [getattr(decoder, name) for name in names]
+        state = tuple((p.data_ptr(), p._version, p.device) for m in sources for p in m.parameters())
+        if getattr(self, "_low_precision_state", None) != (dtype, state):
+            self._low_precision_copies = [copy.deepcopy(m).to(dtype) for m in sources]
+            self._low_precision_state = (dtype, state)
+        return self._low_precision_copies
+
+    def _run_decoder(self, embedding, points, boxes, masks, multimask_output):
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         kwargs = dict(
             image_embeddings=embedding.features,
@@ -257,3 +303,27 @@ class SamEngine:
         new_h, new_w = embedding.input_size
         logits = F.interpolate(logits[..., :new_h, :new_w], embedding.original_size, mode="bilinear", align_corners=False)
         return logits[:, 0]
+
+
+def _cast_to_float32(module: torch.nn.Module, dtype: torch.dtype):
+    """A forward that runs ``module`` (already in ``dtype``) on its float inputs cast to ``dtype`` and casts
+    its outputs (a tensor or tuple of tensors) to float32."""
+
+    def forward(*args):
+        output = module(*(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+        return tuple(t.float() for t in output) if isinstance(output, tuple) else output.float()
+
+    return forward
+
+
+def _autocast_to_float32(forward, device_type: str, dtype: torch.dtype):
+    """``forward`` run under autocast, its tensor outputs (or tuple of them) cast to float32."""
+
+    def wrapped(*args, **kwargs):
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            output = forward(*args, **kwargs)
+        if isinstance(output, tuple):
+            return tuple(t.float() for t in output)
+        return output.float()
+
+    return wrapped
