@@ -239,3 +239,24 @@ def test_negative_points_of_a_batch_equal_one_by_one():
     assert together == [raster_negative_points(m[None], b[None])[0] for m, b in zip(masks, boxes)]
     assert together[3] is None and together[4] is None  # one pixel wide: no region
     assert all(not masks[i][y, x] for i, point in enumerate(together[:3]) for x, y in [point])
+
+
+def test_distance_flag_and_config_key_reach_the_refiner(monkeypatch):
+    """The job's flags and the framework configs are generated from SAMRefiner's signature (mmdet passes
+    its refiner dict to ``build_refiner`` as is)."""
+    import os
+    import runpy
+
+    from refine_hooks.jobs.run import build_job_refiner
+    from refine_hooks.refiners import build_refiner
+
+    tool = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "..", "tools", "refine_pseudo_labels.py"))
+    parser = tool["build_parser"]()
+    base = ["in.json", "--images", "dir", "--out", "out.json", "--model-type", "tiny", "--device", "cpu"]
+    options = tool["options_from_args"](parser.parse_args(base + ["--distance", "raster"]))
+    assert options.refiner_kwargs["distance"] == "raster"
+    assert build_job_refiner(options).distance == "raster"
+    assert "distance" not in tool["options_from_args"](parser.parse_args(base)).refiner_kwargs
+    with pytest.raises(ValueError, match="distance must be one of"):
+        build_job_refiner(tool["options_from_args"](parser.parse_args(base + ["--distance", "fast"])))
+    assert build_refiner(dict(type="SAMRefiner", model_type="tiny", distance="raster")).distance == "raster"
