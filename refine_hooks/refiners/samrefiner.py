@@ -245,23 +245,28 @@ class SAMRefiner(Refiner):
         ious = np.full(len(coarse), np.nan, dtype=np.float32)
         empty_first = np.zeros(len(coarse), dtype=bool)
         active = np.arange(len(coarse))
+        # Per mask a rectangle (x1, y1, x2, y2, inclusive) outside which it is False: postprocessing compares
+        # and writes only there, never whole images.
+        extents = masks_to_xyxy(coarse)
         for iteration in range(self.iterations):
             with self.timer("mine"):
-                prompts = self._prompts(embedding, current[active], similarity, margin)
+                masks = current if active.size == len(current) else current[active]
+                prompts = self._prompts(embedding, masks, similarity, margin)
             with self.timer("decode"):
                 logits, candidate_ious = self.engine.decode(embedding, multimask_output=self.multimask_output, **prompts)
             with self.timer("postprocess"):
                 best = candidate_ious.argmax(dim=1)
                 rows = torch.arange(len(best), device=best.device)
-                binary = self.engine.upsample_masks(logits[rows, best], embedding)
+                windows = self.engine.upsample_windows(logits[rows, best], embedding)
                 best_ious = candidate_ious[rows, best].cpu().numpy()
-                nonempty = binary.reshape(len(binary), -1).any(axis=1)
-                changed = (binary != current[active]).reshape(len(binary), -1).any(axis=1)
-                current[active[nonempty]] = binary[nonempty]
-                ious[active[nonempty]] = best_ious[nonempty]
-                if iteration == 0:
-                    empty_first[active[~nonempty]] = True
-                active = active[nonempty & changed]
+                keep = np.zeros(len(active), dtype=bool)  # non-empty and changed: iterate again
+                for k, (index, (window, origin)) in enumerate(zip(active, windows)):
+                    if window is None or not window.any():  # empty: keeps its previous mask, stops
+                        empty_first[index] |= iteration == 0
+                        continue
+                    keep[k] = _replace_if_changed(current[index], extents[index], window, origin)
+                    ious[index] = best_ious[k]
+                active = active[keep]
             if active.size == 0:
                 break
         return current, ious, empty_first
@@ -304,3 +309,20 @@ class SAMRefiner(Refiner):
             amplitude = np.where(expanded, 1.0, self.strength)
             prompts["mask_inputs"] = dense_mask_prompt(crops, weights, tight, amplitude, self.engine.mask_input_frame(embedding))
         return prompts
+
+
+def _replace_if_changed(mask: np.ndarray, extent: np.ndarray, window: np.ndarray, origin: Tuple[int, int]) -> bool:
+    """Make bool ``H x W`` ``mask`` (False outside the rectangle ``extent``) equal to ``window`` placed at
+    ``origin`` and False elsewhere; update ``extent`` in place. Returns whether the mask changed."""
+    x0, y0 = origin
+    x1, y1 = min(int(extent[0]), x0), min(int(extent[1]), y0)
+    x2 = max(int(extent[2]), x0 + window.shape[1] - 1)
+    y2 = max(int(extent[3]), y0 + window.shape[0] - 1)
+    new = np.zeros((y2 - y1 + 1, x2 - x1 + 1), dtype=bool)
+    new[y0 - y1 : y0 - y1 + window.shape[0], x0 - x1 : x0 - x1 + window.shape[1]] = window
+    region = mask[y1 : y2 + 1, x1 : x2 + 1]
+    if np.array_equal(region, new):
+        return False
+    region[...] = new
+    extent[:] = (x0, y0, x0 + window.shape[1] - 1, y0 + window.shape[0] - 1)
+    return True

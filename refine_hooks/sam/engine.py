@@ -288,14 +288,22 @@ class SamEngine:
         Equals ``upsample_logits(...) > 0`` (up to float rounding at |logit| ~ 1e-6) but computes only the
         part of the image where a mask can be positive, so its cost follows the objects' size.
         """
-        rows, cols = self.low_res_frame(embedding)
         masks = np.zeros((low_res_logits.shape[0],) + tuple(embedding.original_size), dtype=bool)
-        for i, logits in enumerate(low_res_logits):
-            window, origin = positive_window(rows, cols, logits.float())
+        for i, (window, origin) in enumerate(self.upsample_windows(low_res_logits, embedding)):
             if window is not None:
                 x0, y0 = origin
-                masks[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window.cpu().numpy()
+                masks[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window
         return masks
+
+    def upsample_windows(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> List[Tuple[Optional[np.ndarray], Optional[Tuple[int, int]]]]:
+        """:meth:`upsample_masks` without the full-size arrays: per mask a bool window of its original-size
+        mask and the window's top-left ``(x0, y0)`` (the mask is False outside), or ``(None, None)``."""
+        rows, cols = self.low_res_frame(embedding)
+        windows = []
+        for logits in low_res_logits:
+            window, origin = positive_window(rows, cols, logits.float())
+            windows.append((None, None) if window is None else (window.cpu().numpy(), origin))
+        return windows
 
     def upsample_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """float ``N x m x m`` low-res logits -> float32 ``N x H x W`` at the original size (``Sam.postprocess_masks``)."""
