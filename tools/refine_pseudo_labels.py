@@ -88,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="process part i of n (for cluster schedulers); the last part to finish merges")
     job.add_argument("--keep-work-dir", action="store_true", help="keep OUT.work/ after the output is written")
     job.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sum_ = parser.add_argument_group("uncertainty (SUM; docs/uncertainty.md)")
+    sum_.add_argument("--uncertainty", action="store_true",
+                      help="also write each refined record's uncertainty map to <OUT>.uncertainty.bin")
+    sum_.add_argument("--coarse-probabilities", metavar="FILE",
+                      help="the detector's mask probabilities of IN (written by the framework hooks), used as sigma(s)")
+    sum_.add_argument("--coarse-width", type=float, default=JobOptions.coarse_width,
+                      help="width in pixels of the signed-distance sigmoid that stands for a binary coarse mask's "
+                           f"probabilities (default {JobOptions.coarse_width})")
+    sum_.add_argument("--uncertainty-theta", type=float, default=JobOptions.uncertainty_theta,
+                      help=f"certainty threshold of the per-record summary (default {JobOptions.uncertainty_theta})")
     return parser
 
 
@@ -125,6 +136,10 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         shard=args.shard,
         keep_work_dir=args.keep_work_dir,
         progress=not args.no_progress,
+        uncertainty=args.uncertainty,
+        coarse_probabilities=args.coarse_probabilities,
+        coarse_width=args.coarse_width,
+        uncertainty_theta=args.uncertainty_theta,
     )
 
 
