@@ -3,12 +3,14 @@
     python tools/benchmark.py refiner --model-type vit_b --image-size 480x640 --masks 10 50
     python tools/benchmark.py job --help
     python tools/benchmark.py evaluation --help
+    python tools/benchmark.py uncertainty --help
 """
 
 import importlib
 import sys
 
-SUITES = {"refiner": "refine_hooks.benchmarks.refiner", "job": "refine_hooks.benchmarks.jobs", "evaluation": "refine_hooks.benchmarks.evaluation"}
+SUITES = {"refiner": "refine_hooks.benchmarks.refiner", "job": "refine_hooks.benchmarks.jobs", "evaluation": "refine_hooks.benchmarks.evaluation",
+          "uncertainty": "refine_hooks.benchmarks.uncertainty"}
 
 
 def main(argv=None) -> int:
