@@ -16,7 +16,8 @@ import numpy as np
 from ..data.annotations import AnnotationFile, record_name
 from ..data.windows import WindowedMap
 from ..uncertainty import (KIND_COARSE_PROBABILITY, KIND_UNCERTAINTY, MapEntry, MapFile, MapFileError, certainty_summary,
-                           quantize, uncertainty_map, uncertainty_path, write_map_file)
+                           quantize, uncertainty_map, uncertainty_path)
+from ..uncertainty.sidecar import merge_map_files
 from .options import JobOptions
 from .plan import JobInputError, Plan
 
@@ -91,22 +92,13 @@ class UncertaintyRecorder:
 def write_sidecar(parts: Sequence[MapFile], keys: Sequence[int], key_kind: str, output_path: str, options: JobOptions,
                   refiner_options: Dict[str, Any]) -> str:
     """Merge the chunks' map parts into ``<OUT>.uncertainty.bin`` in record order; returns its path."""
-    entries: Dict[int, MapEntry] = {}
-    for part in parts:
-        for index in part.keys().tolist():
-            entries[int(index)] = part.entry(int(index))
-    ordered = []
-    for index in sorted(entries):
-        entry = entries[index]
-        entry.key = keys[index]
-        ordered.append(entry)
     meta = {
         "values": "uint8 levels of u = |sigma(s) - sigma(r)| (SUM eq. 3), u = level / 255, certainty c = 1 - u; 0 outside the window",
         "uncertainty": options.uncertainty_options(),
         "refiner": {key: refiner_options[key] for key in ("refiner", "model_type", "refiner_kwargs", "precision")},
     }
     path = uncertainty_path(output_path)
-    write_map_file(path, ordered, kind=KIND_UNCERTAINTY, key=key_kind, meta=meta)
+    merge_map_files(path, parts, keys, kind=KIND_UNCERTAINTY, key=key_kind, meta=meta)
     return path
 
 

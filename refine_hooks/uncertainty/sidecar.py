@@ -116,8 +116,6 @@ def write_map_file(path: str, entries: Sequence[MapEntry], *, kind: str, key: st
     keys = [entry.key for entry in entries]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{path}: a record has more than one map")
-    header = {"format": FORMAT, "kind": kind, "key": key, "count": len(entries), **dict(meta or {})}
-    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
     index = np.zeros(len(entries), dtype=INDEX_DTYPE)
     offset = 0
     for row, entry in zip(index, entries):
@@ -125,16 +123,39 @@ def write_map_file(path: str, entries: Sequence[MapEntry], *, kind: str, key: st
         row["x0"], row["y0"], row["w"], row["h"] = entry.x0, entry.y0, entry.w, entry.h
         row["height"], row["width"] = entry.height, entry.width
         offset += len(entry.blob)
+    _write(path, kind, key, meta, index, (entry.blob for entry in entries))
+
+
+def _write(path: str, kind: str, key: str, meta: Optional[Mapping[str, Any]], index: np.ndarray, blobs: Iterable[bytes]) -> None:
+    header = {"format": FORMAT, "kind": kind, "key": key, "count": len(index), **dict(meta or {})}
+    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
 
     def write(handle) -> None:
         handle.write(MAGIC)
         handle.write(struct.pack("<Q", len(header_bytes)))
         handle.write(header_bytes)
         handle.write(index.tobytes())
-        for entry in entries:
-            handle.write(entry.blob)
+        for blob in blobs:
+            handle.write(blob)
 
     atomic_write(path, write, binary=True)
+
+
+def merge_map_files(path: str, parts: Sequence["MapFile"], keys: Sequence[int], *, kind: str, key: str = "id",
+                    meta: Optional[Mapping[str, Any]] = None) -> None:
+    """Write the maps of ``parts`` (keyed by record position) into one file at ``path``, in position order,
+    keyed by ``keys[position]``; blobs are copied from the parts one at a time (memory: the indexes only)."""
+    indexes = [part.index for part in parts]
+    index = np.concatenate(indexes) if indexes else np.zeros(0, dtype=INDEX_DTYPE)
+    owner = np.concatenate([np.full(len(ix), i, dtype=np.int64) for i, ix in enumerate(indexes)]) if indexes else np.zeros(0, np.int64)
+    order = np.argsort(index["key"], kind="stable")
+    if len(order) and np.any(np.diff(index["key"][order]) == 0):
+        raise ValueError(f"{path}: a record has maps in more than one part")
+    merged = index[order].copy()
+    sources = [(owner[i], int(index["offset"][i]), int(index["nbytes"][i])) for i in order]
+    merged["key"] = np.asarray(keys, dtype=np.int64)[merged["key"]] if len(merged) else merged["key"]
+    merged["offset"] = np.concatenate([[0], np.cumsum(merged["nbytes"].astype(np.uint64))[:-1]]) if len(merged) else merged["offset"]
+    _write(path, kind, key, meta, merged, (parts[part].read_blob(offset, nbytes) for part, offset, nbytes in sources))
 
 
 class MapFile:
@@ -200,9 +221,13 @@ class MapFile:
         row = self.index[self._require(key)]
         return int(row["height"]), int(row["width"])
 
+    def read_blob(self, offset: int, nbytes: int) -> bytes:
+        """``nbytes`` bytes of the blobs at ``offset`` (an index row's offset)."""
+        return os.pread(self._descriptor(), nbytes, self._blobs_start + offset)
+
     def entry(self, key: int) -> MapEntry:
         row = self.index[self._require(key)]
-        blob = os.pread(self._descriptor(), int(row["nbytes"]), self._blobs_start + int(row["offset"]))
+        blob = self.read_blob(int(row["offset"]), int(row["nbytes"]))
         return MapEntry(int(row["key"]), int(row["height"]), int(row["width"]), int(row["x0"]), int(row["y0"]),
                         int(row["w"]), int(row["h"]), blob)
 

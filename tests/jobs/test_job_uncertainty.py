@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from refine_hooks.uncertainty import (KIND_COARSE_PROBABILITY, MapEntry, MapFile
                                       uncertainty_map, uncertainty_path, write_map_file)
 
 from pseudo_label_data import make_coco_dataset
-from test_job_processes import TOOL, TORCHRUN, _args, _bytes, _env, _run
+from test_job_processes import TOOL, TORCHRUN, _args, _bytes, _env, _run, kill_after_first_chunk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ITERATIONS = 2
@@ -121,16 +119,7 @@ def test_killed_uncertainty_run_resumes_to_the_same_sidecar(dataset, tiny_checkp
     out = str(tmp_path / "killed.json")
     work = work_dir_for(out)
     argv = _args(dataset, tiny_checkpoint, out, "--iterations", "8", "--uncertainty")
-    process = subprocess.Popen([sys.executable, TOOL, *argv], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if os.path.isdir(work) and any(name.startswith("chunk-") and name.endswith(".json") for name in os.listdir(work)):
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run ended before it could be killed: " + process.stderr.read().decode()[-2000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done = sorted(n for n in os.listdir(work) if n.startswith("chunk-") and n.endswith(".json"))
+    done = kill_after_first_chunk(argv, out)
     assert not os.path.exists(out) and 1 <= len(done) < 9
     assert all(os.path.exists(os.path.join(work, n.replace("chunk-", "maps-").replace(".json", ".bin"))) for n in done)
 
