@@ -172,7 +172,9 @@ def test_sidecars_that_do_not_fit_are_named(refined_round, tmp_path):
     key = int(maps.keys()[0])
     entry = maps.entry(key)
     resized = str(tmp_path / "resized.bin")
-    write_map_file(resized, [MapEntry.from_levels(key, entry.height * 2, entry.width * 2, entry.levels())], kind=KIND_UNCERTAINTY)
+    entries = [maps.entry(int(k)) for k in maps.keys()]  # the file's maps, the first one for a twice larger image
+    entries[0] = MapEntry.from_levels(key, entry.height * 2, entry.width * 2, entry.levels())
+    write_map_file(resized, entries, kind=KIND_UNCERTAINTY)
     cases = {
         "other": (other_path, uncertainty_path(refined), MapFileError, "other.json does not have .*another annotation file"),
         "resized": (refined, resized, MapFileError, f"annotation id {key} .*{entry.height * 2}x{entry.width * 2} image"),

@@ -281,7 +281,9 @@ def test_sidecars_that_do_not_fit_are_named(refined_round, tmp_path):
     key = int(maps.keys()[0])
     entry = maps.entry(key)
     resized = str(tmp_path / "resized.bin")
-    write_map_file(resized, [MapEntry.from_levels(key, entry.height * 2, entry.width * 2, entry.levels())], kind=KIND_UNCERTAINTY)
+    entries = [maps.entry(int(k)) for k in maps.keys()]  # the file's maps, the first one for a twice larger image
+    entries[0] = MapEntry.from_levels(key, entry.height * 2, entry.width * 2, entry.levels())
+    write_map_file(resized, entries, kind=KIND_UNCERTAINTY)
     with pytest.raises(MapFileError, match=rf"annotation id {key} .*map is for a {entry.height * 2}x{entry.width * 2} image"):
         build(os.path.basename(refined), uncertainty_file=resized)
     # no sidecar where the config asks for one
@@ -305,9 +307,10 @@ def _mask2former_heads():
     small_model(cfg, "mask2former")
     ours_cfg = cfg.model.panoptic_head
     stock_cfg = copy.deepcopy(ours_cfg)
-    stock_cfg.update(type="Mask2FormerHead", loss_mask=dict(type="CrossEntropyLoss", use_sigmoid=True, reduction="mean", loss_weight=5.0),
-                     loss_dice=dict(type="DiceLoss", use_sigmoid=True, activate=True, reduction="mean", naive_dice=True, eps=1.0,
-                                    loss_weight=5.0))
+    stock_cfg["type"] = "Mask2FormerHead"  # (item assignment: ConfigDict.update would merge the loss dicts)
+    stock_cfg["loss_mask"] = dict(type="CrossEntropyLoss", use_sigmoid=True, reduction="mean", loss_weight=5.0)
+    stock_cfg["loss_dice"] = dict(type="DiceLoss", use_sigmoid=True, activate=True, reduction="mean", naive_dice=True, eps=1.0,
+                                  loss_weight=5.0)
     for head_cfg in (ours_cfg, stock_cfg):
         head_cfg.update(train_cfg=cfg.model.train_cfg, test_cfg=cfg.model.test_cfg)
     return MODELS.build(ours_cfg), MODELS.build(stock_cfg)
@@ -362,16 +365,20 @@ def test_mask2former_head_with_certainty_one_is_the_stock_head_and_samples_certa
     torch.manual_seed(0)
     losses = ours._loss_by_feat_single(cls_scores, mask_preds, ours.preprocess_gt(batch, [None, None]), metas)
     x = seen["points"][..., 0]
-    expected_c = torch.nn.functional.grid_sample(torch.from_numpy(1 - left[:1, None].astype(np.float32) / 255).expand(len(x), 1, 96, 128),
-                                                 (2 * seen["points"] - 1)[:, :, None], align_corners=False)[:, 0, :, 0]
+    # (bilinear sampling of u; the map continues beyond the image for points within half a pixel of it)
+    expected_c = 1 - torch.nn.functional.grid_sample(torch.from_numpy(left[:1, None].astype(np.float32) / 255).expand(len(x), 1, 96, 128),
+                                                     (2 * seen["points"] - 1)[:, :, None], align_corners=False,
+                                                     padding_mode="border")[:, 0, :, 0]
     torch.testing.assert_close(seen["certainty"], expected_c, atol=1e-6, rtol=0)
-    assert (seen["certainty"][x < 0.49] == 0).all() and (seen["certainty"][x > 0.51] == 1).all()
+    y = seen["points"][..., 1]
+    inside = (x > 0.01) & (x < 0.99) & (y > 0.01) & (y < 0.99)  # away from the image's border
+    assert (seen["certainty"][inside & (x < 0.49)] < 1e-6).all() and (seen["certainty"][inside & (x > 0.51)] > 1 - 1e-6).all()
 
     # all uncertain: the mask losses are 0
     cls_scores, mask_preds, batch, metas = _mask2former_inputs(lambda image: np.full((2, 96, 128), 255, np.uint8))
     torch.manual_seed(0)
     loss_cls, loss_mask, loss_dice = ours._loss_by_feat_single(cls_scores, mask_preds, ours.preprocess_gt(batch, [None, None]), metas)
-    assert loss_mask == 0 and loss_dice == 0
+    assert loss_mask < 1e-6 and loss_dice == 0
 
 
 def test_uncertainty_configs_inherit_the_stock_configs():
@@ -427,3 +434,24 @@ def test_pseudo_label_hook_keeps_mask_rcnn_probabilities_for_the_sidecar(coco, u
     refined_ids = [a["id"] for a in refined["annotations"] if a["refinement"]["status"] == "refined"]
     assert sorted(sidecar.keys().tolist()) == sorted(refined_ids)
     assert isinstance(levels, WindowedMap)
+
+
+def test_mask2former_probabilities_are_its_masks_logits(coco, tmp_path):
+    from refine_hooks.mmdet.uncertainty import keeping_mask_probabilities
+
+    root, ann = coco
+    cfg = runner_config("mask2former_r50_8xb2-lsj-50e_coco_refined.py", "mask2former", root, ann, str(tmp_path / "work"))
+    cfg.custom_hooks = []
+    torch.manual_seed(0)
+    runner = Runner.from_cfg(cfg)
+    runner.model.init_weights()
+    batch = next(iter(runner.test_dataloader))
+    with torch.no_grad(), keeping_mask_probabilities(runner.model) as kept:
+        outputs = runner.model.test_step(batch)
+        levels = kept.for_samples(outputs)
+    assert "instance_postprocess" not in runner.model.panoptic_fusion_head.__dict__  # the instance is restored
+    for sample, probability in zip(outputs, levels):
+        masks = sample.pred_instances.masks.cpu().numpy()
+        assert probability.dtype == np.uint8 and probability.shape == masks.shape and len(masks) > 0
+        # round(255 σ(logit)) >= 128 exactly where the logit is positive, i.e. where the head's mask is
+        np.testing.assert_array_equal(probability >= 128, masks)

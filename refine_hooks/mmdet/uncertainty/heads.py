@@ -4,7 +4,8 @@
   ``mask_target`` of the uncertainty maps, with the mask targets' proposals and assigned instances and
   ``soft_mask_target=True``: RoI-aligned exactly like the mask targets, without binarising.
 - :class:`UncertaintyAwareMask2FormerHead`: the certainty is point-sampled at the very points the mask
-  loss samples (``point_sample`` of the matched instances' maps at ``points_coords``).
+  loss samples (``point_sample`` of the matched instances' maps at ``points_coords``, the map's border
+  pixels continued beyond the image for points within half a pixel of it).
 
 Ground truth without maps (plain ``BitmapMasks``, human labels) has c = 1, and a batch without any maps
 trains exactly as the stock head.
@@ -151,4 +152,5 @@ class UncertaintyAwareMask2FormerHead(Mask2FormerHead):
             return None
         levels = torch.cat([torch.zeros_like(t, dtype=torch.uint8) if u is None else u
                             for u, t in zip(uncertainty_list, mask_targets_list)], dim=0)
-        return 1.0 - point_sample(levels.unsqueeze(1).float() / _LEVELS, points_coords).squeeze(1)
+        # The map continues beyond the image's last pixel (points within half a pixel of the border).
+        return 1.0 - point_sample(levels.unsqueeze(1).float() / _LEVELS, points_coords, padding_mode="border").squeeze(1)
