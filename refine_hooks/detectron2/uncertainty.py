@@ -14,7 +14,6 @@ its certainty ``c = 1 − u``, RoI-aligned with the proposals that crop the mask
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional
@@ -31,10 +30,10 @@ from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, Mask
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
-from refine_hooks.uncertainty import KIND_UNCERTAINTY, MapFile, MapFileError, check_against_annotations, ua_bce_with_logits, uncertainty_path
+from refine_hooks.uncertainty import (KIND_UNCERTAINTY, MapFile, MapFileError, certainty_from_resampled_levels,
+                                      check_against_annotations, ua_bce_with_logits, uncertainty_path)
 
 UNCERTAINTY_FIELD = "gt_uncertainty"  # uint8 N x H x W levels on Instances; "gt_" makes ROIHeads copy it to proposals
-_LEVELS = 255.0
 
 
 def add_uncertainty_config(cfg: CN) -> None:
@@ -140,13 +139,14 @@ class UncertaintyDatasetMapper(DatasetMapper):
 def aligned_certainty(instances: Instances, mask_side_len: int) -> torch.Tensor:
     """float ``N x M x M`` certainty of the mask targets of ``instances`` (proposals with ``gt_uncertainty``):
     the levels RoI-aligned with the proposal boxes exactly as ``BitMasks.crop_and_resize`` aligns the masks
-    (``ROIAlign(M, 1.0, 0, aligned=True)``), without thresholding; c = 1 − aligned / 255."""
+    (``ROIAlign(M, 1.0, 0, aligned=True)``), without thresholding; c = 1 − aligned / 255
+    (:func:`refine_hooks.uncertainty.certainty_from_resampled_levels`)."""
     boxes = instances.proposal_boxes.tensor
     levels = instances.get(UNCERTAINTY_FIELD)
     batch = torch.arange(len(boxes), device=levels.device).to(dtype=boxes.dtype)[:, None]
     rois = torch.cat([batch, boxes.to(levels.device)], dim=1)
     aligned = ROIAlign((mask_side_len, mask_side_len), 1.0, 0, aligned=True).forward(levels[:, None].float(), rois).squeeze(1)
-    return 1.0 - aligned / _LEVELS
+    return certainty_from_resampled_levels(aligned)
 
 
 def uncertainty_aware_mask_rcnn_loss(pred_mask_logits: torch.Tensor, instances: List[Instances], vis_period: int = 0) -> torch.Tensor:
@@ -202,18 +202,24 @@ class UncertaintyTrainer(DefaultTrainer):
 
 def keep_mask_probabilities(model, inputs: List[Dict[str, Any]]):
     """``(outputs, probabilities)`` of a GeneralizedRCNN-style model: its usual outputs (``forward`` in eval
-    mode, computed by the same ``detector_postprocess``) and, per image, the pasted mask probabilities as
-    uint8 ``⌊255 p⌋`` (Detectron2's own ``mask_threshold < 0`` mode of ``detector_postprocess``). For models
-    without ``inference(..., do_postprocess=False)`` and a mask head: ``(None, None)``."""
+    mode: ``inference`` then ``detector_postprocess``) and, per image, the mask probabilities pasted at the
+    image's size as uint8 ``⌊255 p⌋`` (Detectron2's own ``paste_masks_in_image`` with ``threshold < 0``,
+    on the boxes and instances ``detector_postprocess`` kept). For models without
+    ``inference(..., do_postprocess=False)`` and a mask head: ``(None, None)``."""
+    from detectron2.layers.mask_ops import paste_masks_in_image
     from detectron2.modeling.postprocessing import detector_postprocess
 
     if not (hasattr(model, "inference") and hasattr(model, "roi_heads") and getattr(model.roi_heads, "mask_on", False)):
         return None, None
-    results = model.inference(inputs, do_postprocess=False)
     outputs, probabilities = [], []
-    for result, record in zip(results, inputs):
+    for result, record in zip(model.inference(inputs, do_postprocess=False), inputs):
         height = record.get("height", result.image_size[0])
         width = record.get("width", result.image_size[1])
-        outputs.append({"instances": detector_postprocess(copy.deepcopy(result), height, width)})
-        probabilities.append(detector_postprocess(result, height, width, mask_threshold=-1.0).pred_masks.cpu().numpy())
+        result.set("roi_mask_probabilities", result.pred_masks)  # rides through the postprocess's filtering
+        instances = detector_postprocess(result, height, width)
+        roi_probabilities = instances.get("roi_mask_probabilities")
+        instances.remove("roi_mask_probabilities")
+        soft = paste_masks_in_image(roi_probabilities[:, 0], instances.pred_boxes, (height, width), threshold=-1.0)
+        outputs.append({"instances": instances})
+        probabilities.append(soft.cpu().numpy())
     return outputs, probabilities

@@ -10,7 +10,7 @@ The MMDetection and Detectron2 pieces that train with them live in ``refine_hook
 ``refine_hooks.detectron2.uncertainty``. See docs/uncertainty.md.
 """
 
-from .losses import sample_by_certainty, ua_bce_with_logits, ua_dice_loss, ua_focal_loss
+from .losses import certainty_from_resampled_levels, sample_by_certainty, ua_bce_with_logits, ua_dice_loss, ua_focal_loss
 from .maps import (BINARY_COARSE_WIDTH, DEFAULT_THETA, LEVELS, binary_mask_probability, certainty_from_levels,
                    certainty_summary, coarse_probability, quantize, uncertainty_map)
 from .sidecar import (KIND_COARSE_PROBABILITY, KIND_UNCERTAINTY, MapEntry, MapFile, MapFileError,
@@ -27,6 +27,7 @@ __all__ = [
     "MapFileError",
     "binary_mask_probability",
     "certainty_from_levels",
+    "certainty_from_resampled_levels",
     "certainty_summary",
     "check_against_annotations",
     "coarse_probability",

@@ -106,6 +106,18 @@ def ua_dice_loss(inputs: torch.Tensor, targets: torch.Tensor, certainty: Optiona
     return 1 - (2 * intersection + eps) / (predicted + labelled + eps)
 
 
+def certainty_from_resampled_levels(levels: torch.Tensor) -> torch.Tensor:
+    """Certainty ``c = 1 − level / 255`` of uncertainty levels after a resampling (RoIAlign, point sampling),
+    as float in [0, 1] rounded to 1/65536.
+
+    The levels are 8-bit, so the rounding loses nothing; it keeps constant maps exact: RoIAlign's weights sum
+    to 1 only up to float rounding, which would otherwise leave ``c = 1e-7`` where the map says 0 and
+    ``c = 1 − 1e-7`` where it says 1.
+    """
+    certainty = 1.0 - levels.float() / 255.0
+    return (torch.round(certainty * 65536.0) / 65536.0).clamp_(0.0, 1.0)
+
+
 def sample_by_certainty(certainty: torch.Tensor, region: torch.Tensor, num: int,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Uncertainty-aware prompt sampling, SUM Sec. 3.2.2: pixel i of region R drawn with probability

@@ -26,10 +26,10 @@ from mmdet.structures.mask import BitmapMasks, mask_target
 from mmdet.utils import reduce_mean
 from mmengine.config import ConfigDict
 
+from refine_hooks.uncertainty import certainty_from_resampled_levels
+
 from .losses import UncertaintyAwareCrossEntropyLoss, UncertaintyAwareDiceLoss, UncertaintyAwareFocalLoss
 from .masks import uncertainty_levels
-
-_LEVELS = 255.0
 
 
 def _levels_or_zeros(masks) -> BitmapMasks:
@@ -56,14 +56,15 @@ class UncertaintyAwareFCNMaskHead(FCNMaskHead):
         """float ``num_pos x 28 x 28`` certainty of the mask targets, or None when no instance has a map.
 
         mmdet's ``mask_target`` on the uncertainty levels, with the targets' proposals and assigned
-        instances and ``soft_mask_target=True`` (RoIAlign, no binarising): c = 1 − aligned levels / 255.
+        instances and ``soft_mask_target=True`` (RoIAlign, no binarising): c = 1 − aligned levels / 255
+        (:func:`refine_hooks.uncertainty.certainty_from_resampled_levels`).
         """
         if not any(uncertainty_levels(gt.masks) is not None for gt in batch_gt_instances):
             return None
         cfg = ConfigDict(dict(rcnn_train_cfg, soft_mask_target=True))
         aligned = mask_target([res.pos_priors for res in sampling_results], [res.pos_assigned_gt_inds for res in sampling_results],
                               [_levels_or_zeros(gt.masks) for gt in batch_gt_instances], cfg)
-        return 1.0 - aligned / _LEVELS
+        return certainty_from_resampled_levels(aligned)
 
     def loss_and_target(self, mask_preds, sampling_results, batch_gt_instances, rcnn_train_cfg) -> dict:
         certainty = self.certainty_targets(sampling_results, batch_gt_instances, rcnn_train_cfg)
@@ -153,4 +154,4 @@ class UncertaintyAwareMask2FormerHead(Mask2FormerHead):
         levels = torch.cat([torch.zeros_like(t, dtype=torch.uint8) if u is None else u
                             for u, t in zip(uncertainty_list, mask_targets_list)], dim=0)
         # The map continues beyond the image's last pixel (points within half a pixel of the border).
-        return 1.0 - point_sample(levels.unsqueeze(1).float() / _LEVELS, points_coords, padding_mode="border").squeeze(1)
+        return certainty_from_resampled_levels(point_sample(levels.unsqueeze(1).float(), points_coords, padding_mode="border").squeeze(1))

@@ -300,3 +300,15 @@ def test_sampling_distribution_matches_certainty():
     assert region[:4, :4][uniform[:, 1], uniform[:, 0]].all()
     with pytest.raises(ValueError, match="empty region"):
         sample_by_certainty(certainty, torch.zeros(6, 7, dtype=torch.bool), 1)
+
+
+def test_resampled_levels_keep_constant_maps_exact():
+    from refine_hooks.uncertainty import certainty_from_resampled_levels
+
+    levels = torch.full((1, 1, 20, 30), 255.0)
+    levels[..., 15:] = 0.0
+    aligned = torchvision.ops.roi_align(levels, [torch.tensor([[0.3, 1.7, 14.2, 18.9], [15.1, 0.2, 29.0, 19.5]])], 7, 1.0, 0, True)
+    certainty = certainty_from_resampled_levels(aligned)
+    assert torch.equal(certainty[0], torch.zeros_like(certainty[0])) and torch.equal(certainty[1], torch.ones_like(certainty[1]))
+    mixed = certainty_from_resampled_levels(torch.tensor([0.0, 100.0, 255.0, 300.0, -4.0]))
+    assert torch.allclose(mixed, torch.tensor([1.0, 1 - 100 / 255, 0.0, 0.0, 1.0]), atol=1 / 65536)
