@@ -32,6 +32,7 @@ from PIL import Image
 from ..data.masks import rle_encode, segmentation_to_mask
 from ..data.windows import WindowedMap, mask_box, union_box
 from ..jobs import JobOptions, refine_annotation_file
+from .jobs import sidecar_sizes
 from ..refiners import Refiner, RefineResult, SAMRefiner
 from ..sam import SamEngine, build_tiny_sam
 from ..uncertainty import DEFAULT_THETA, MapFile, binary_mask_probability, certainty_from_levels, uncertainty_path
@@ -190,7 +191,8 @@ def run(*, num_images: int = 20, height: int = 128, width: int = 160, objects: i
             options = JobOptions(model_type="tiny", workers=0, progress=False, uncertainty=True, uncertainty_theta=theta)
             refine_annotation_file(os.path.join(root, "coarse.json"), os.path.join(root, "images"), output, options, refiner=refiner)
             rows.append({"refiner": name, "images": num_images, "objects": num_images * objects, "theta": theta,
-                         **measure(root, data, output, theta)})
+                         **measure(root, data, output, theta), **sidecar_sizes(uncertainty_path(output), theta),
+                         "output_bytes_per_mask": round(os.path.getsize(output) / (num_images * objects), 1)})
     return rows
 
 

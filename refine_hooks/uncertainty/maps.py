@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt
+from scipy.special import expit
 
 from ..data.windows import Box, WindowedMap, mask_box, union_box
 
@@ -67,7 +68,7 @@ def binary_mask_probability(mask: np.ndarray, box: Sequence[int], width: float =
     inside = distance_transform_edt(padded)[1:-1, 1:-1] if not padded.all() else np.full(window.shape, np.inf)
     outside = distance_transform_edt(~padded)[1:-1, 1:-1] if padded.any() else np.full(window.shape, np.inf)
     signed = np.where(window, inside - 0.5, 0.5 - outside)
-    return (1.0 / (1.0 + np.exp(-signed / width))).astype(np.float32)
+    return expit(signed / width).astype(np.float32)
 
 
 def coarse_probability(coarse: np.ndarray, box: Sequence[int], detector: Optional[WindowedMap] = None,
