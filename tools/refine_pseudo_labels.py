@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional
 from refine_hooks import cli
 from refine_hooks.data.annotations import written_suffixes
 from refine_hooks.data.images import ImageReadError
-from refine_hooks.uncertainty.sidecar import uncertainty_path
 from refine_hooks.jobs import (
     JobInputError,
     JobOptions,
@@ -28,6 +27,7 @@ from refine_hooks.jobs import (
     summary_path,
 )
 from refine_hooks.sam import CheckpointUnavailableError
+from refine_hooks.uncertainty.sidecar import uncertainty_path
 
 # SAMRefiner constructor arguments the job sets itself, or that are not hyper-parameters.
 # min_area is the job's own option; semantic_margin and stm_mu concern semantic masks, which the job has not.
