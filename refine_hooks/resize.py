@@ -177,8 +177,21 @@ def positive_window(rows: AxisMap, cols: AxisMap, logits: torch.Tensor):
     c1, c2 = cols.outputs_touching(int(xs[0]), int(xs[-1]))
     if r2 < r1 or c2 < c1:  # positive only where the chain crops (SAM's padding)
         return None, None
-    i1, i2 = rows.inputs_of(r1, r2)
-    j1, j2 = cols.inputs_of(c1, c2)
-    window = rows.apply(logits[i1 : i2 + 1, j1 : j2 + 1], 0, i1, slice(r1, r2 + 1))
-    window = cols.apply(window, 1, j1, slice(c1, c2 + 1))
-    return window > 0, (c1, r1)
+    return output_window(rows, cols, logits, (c1, r1, c2, r2)) > 0, (c1, r1)
+
+
+def output_window(rows: AxisMap, cols: AxisMap, values: torch.Tensor, box) -> torch.Tensor:
+    """The chain's output on the inclusive output ``box`` = (x1, y1, x2, y2) only, read from the inputs
+    those outputs need.
+
+    Args:
+        values: float ``h x w``, the whole input frame.
+
+    Returns:
+        float32 ``(y2 - y1 + 1) x (x2 - x1 + 1)``, equal to the same window of the full output.
+    """
+    x1, y1, x2, y2 = (int(v) for v in box)
+    i1, i2 = rows.inputs_of(y1, y2)
+    j1, j2 = cols.inputs_of(x1, x2)
+    window = rows.apply(values[i1 : i2 + 1, j1 : j2 + 1], 0, i1, slice(y1, y2 + 1))
+    return cols.apply(window, 1, j1, slice(x1, x2 + 1))

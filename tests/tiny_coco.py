@@ -67,3 +67,15 @@ def make_tiny_coco(root: str, *, num_images: int = 3, size=(96, 128), seed: int 
     with open(path, "w") as f:
         json.dump(data, f)
     return path
+
+
+def write_refined_round(root: str) -> str:
+    """A refined pseudo-label file with its uncertainty sidecar, written by the real pseudo-label job (tiny
+    random SAM, 2 iterations) from a 3-image tiny COCO set's masks under ``root``; returns the refined file."""
+    from refine_hooks.jobs import JobOptions, refine_annotation_file
+
+    coarse = make_tiny_coco(root, num_images=3, seed=0)
+    refined = os.path.join(root, "pseudo_refined.json")
+    refine_annotation_file(coarse, os.path.join(root, "images"), refined,
+                           JobOptions(model_type="tiny", workers=0, progress=False, uncertainty=True, refiner_kwargs={"iterations": 2}))
+    return refined

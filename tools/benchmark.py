@@ -4,6 +4,7 @@
     python tools/benchmark.py train --model-type tiny vit_b --cache off on
     python tools/benchmark.py job --help
     python tools/benchmark.py evaluation --help
+    python tools/benchmark.py uncertainty --help
 """
 
 import argparse
@@ -15,6 +16,7 @@ SUITES = {
     "job": "refine_hooks.benchmarks.jobs",
     "evaluation": "refine_hooks.benchmarks.evaluation",
     "train": "refine_hooks.benchmarks.training",
+    "uncertainty": "refine_hooks.benchmarks.uncertainty",
 }
 
 

@@ -27,6 +27,7 @@ from refine_hooks.jobs import (
     summary_path,
 )
 from refine_hooks.sam import CheckpointUnavailableError
+from refine_hooks.uncertainty.sidecar import uncertainty_path
 
 # SAMRefiner constructor arguments the job sets itself, or that are not hyper-parameters.
 # min_area is the job's own option; semantic_margin and stm_mu concern semantic masks, which the job has not.
@@ -114,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--keep-work-dir", action="store_true",
                      help="keep OUT.work/ after the output is written (always kept with --shard)")
     job.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sum_ = parser.add_argument_group("uncertainty (SUM; docs/uncertainty.md)")
+    sum_.add_argument("--uncertainty", action="store_true",
+                      help="also write each refined record's uncertainty map to <OUT>.uncertainty.bin")
+    sum_.add_argument("--coarse-probabilities", metavar="FILE",
+                      help="the detector's mask probabilities of IN (written by the framework hooks), used as sigma(s)")
+    sum_.add_argument("--coarse-width", type=float, default=JobOptions.coarse_width,
+                      help="width in pixels of the signed-distance sigmoid that stands for a binary coarse mask's "
+                           f"probabilities (default {JobOptions.coarse_width})")
+    sum_.add_argument("--uncertainty-theta", type=float, default=JobOptions.uncertainty_theta,
+                      help=f"certainty threshold of the per-record summary (default {JobOptions.uncertainty_theta})")
     return parser
 
 
@@ -148,13 +160,18 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         shard=args.shard,
         keep_work_dir=args.keep_work_dir,
         progress=not args.no_progress,
+        uncertainty=args.uncertainty,
+        coarse_probabilities=args.coarse_probabilities,
+        coarse_width=args.coarse_width,
+        uncertainty_theta=args.uncertainty_theta,
     )
 
 
 def check_command_line(args: argparse.Namespace) -> None:
     """Everything that can be checked before the job reads its input (see refine_hooks.cli)."""
     inputs = {"IN": args.input, "--image-info": args.image_info, "--checkpoint": args.checkpoint,
-              "--iou-adapter": args.iou_adapter, "--refiner-checkpoint": args.refiner_checkpoint}
+              "--iou-adapter": args.iou_adapter, "--refiner-checkpoint": args.refiner_checkpoint,
+              "--coarse-probabilities": args.coarse_probabilities}
     if args.refiner_checkpoint and args.refiner != "phoenix":
         cli.fail("--refiner-checkpoint is for --refiner phoenix")
     if args.refiner == "phoenix" and not args.refiner_checkpoint:
@@ -164,7 +181,10 @@ def check_command_line(args: argparse.Namespace) -> None:
     suffixes = written_suffixes(args.input)
     kind = "a torch archive like IN" if suffixes != (".json",) else "JSON like IN"
     cli.check_output_path("--out", args.out, suffixes=suffixes, what=kind)
-    cli.refuse_overwriting_inputs({"--out": args.out, "the summary of --out": summary_path(args.out)}, inputs)
+    outputs = {"--out": args.out, "the summary of --out": summary_path(args.out)}
+    if args.uncertainty:
+        outputs["the uncertainty sidecar of --out"] = uncertainty_path(args.out)
+    cli.refuse_overwriting_inputs(outputs, inputs)
     if args.iou_adapter:
         from refine_hooks.sam.iou_adaption import read_iou_adapter
 

@@ -6,6 +6,9 @@
 - :class:`COCOBoundaryEvaluator` / :class:`LVISBoundaryEvaluator`: mask AP and Boundary AP as
   ``DatasetEvaluator`` s.
 - :class:`PseudoLabelRefineHook`: refined pseudo labels for the next self-training round.
+- uncertainty-aware training on them (:mod:`refine_hooks.detectron2.uncertainty`): the
+  ``UncertaintyAwareMaskRCNNConvUpsampleHead`` mask head, :class:`UncertaintyDatasetMapper`,
+  :func:`register_coco_instances_with_uncertainty`, :func:`add_uncertainty_config`.
 
 Detectron2 is not on PyPI: ``tools/install_detectron2.sh`` builds it from source (docs/detectron2.md).
 """
@@ -23,6 +26,9 @@ from .config import add_refiner_config, refinement_options_from_config  # noqa: 
 from .evaluation import COCOBoundaryEvaluator, LVISBoundaryEvaluator  # noqa: E402
 from .hooks import PseudoLabelRefineHook  # noqa: E402
 from .meta_arch import RefinedMetaArch, RefinementOptions, refined_meta_arch, with_refiner  # noqa: E402
+from .uncertainty import (UncertaintyAwareMaskRCNNConvUpsampleHead, UncertaintyDatasetMapper,  # noqa: E402
+                          UncertaintyTrainer, add_uncertainty_config, build_uncertainty_train_loader,
+                          register_coco_instances_with_uncertainty)
 
 __all__ = [
     "COCOBoundaryEvaluator",
@@ -30,8 +36,14 @@ __all__ = [
     "PseudoLabelRefineHook",
     "RefinedMetaArch",
     "RefinementOptions",
+    "UncertaintyAwareMaskRCNNConvUpsampleHead",
+    "UncertaintyDatasetMapper",
+    "UncertaintyTrainer",
     "add_refiner_config",
+    "add_uncertainty_config",
+    "build_uncertainty_train_loader",
     "refined_meta_arch",
     "refinement_options_from_config",
+    "register_coco_instances_with_uncertainty",
     "with_refiner",
 ]

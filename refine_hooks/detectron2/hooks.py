@@ -26,12 +26,15 @@ from tqdm import tqdm
 
 from refine_hooks.jobs import refine_annotation_file
 from refine_hooks.jobs.rounds import (COARSE_NAME, REFINED_NAME, RoundAnnotations, detections_to_annotations,
-                                      merge_rank_annotations, round_job_options, write_coarse_file)
+                                      merge_rank_annotations, round_job_options, write_coarse_file,
+                                      write_coarse_probabilities)
+from refine_hooks.uncertainty import coarse_probability_path
 from refine_hooks.refiners.detections import masks_to_bool
 from refine_hooks.refiners.registry import RefinerSpec, build_on_device, module_device
 
 from .evaluation import dataset_category_ids
 from .meta_arch import RefinementMixin
+from .uncertainty import keep_mask_probabilities, register_coco_instances_with_uncertainty
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,9 @@ class PseudoLabelRefineHook(HookBase):
             training.
         train_dataset_index: which entry of ``cfg.DATASETS.TRAIN`` the pseudo-label set replaces in-process.
         job_options: more :class:`refine_hooks.jobs.JobOptions` fields (``min_area``, ``keep_coarse``, ...).
+        uncertainty: also write the refined file's uncertainty sidecar (the job's ``uncertainty``), with the
+            detector's pasted mask probabilities as σ(s) (GeneralizedRCNN; others: the binary masks), and
+            register the round with :func:`register_coco_instances_with_uncertainty`; docs/uncertainty.md.
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class PseudoLabelRefineHook(HookBase):
         period: int = 0,
         train_dataset_index: int = -1,
         job_options: Optional[Mapping[str, Any]] = None,
+        uncertainty: bool = False,
     ):
         if period < 0:
             raise ValueError(f"period must be 0 (only after training) or positive, got {period}")
@@ -94,6 +101,7 @@ class PseudoLabelRefineHook(HookBase):
         self.period = period
         self.train_dataset_index = train_dataset_index
         self.job_options = dict(job_options or {})
+        self.uncertainty = uncertainty
         self.last_output: Optional[str] = None  # the last refined file written
         self.last_dataset: Optional[str] = None  # the dataset registered for it
         self.last_summary = None  # this rank's refine_hooks.jobs.Summary of the last round
@@ -126,8 +134,10 @@ class PseudoLabelRefineHook(HookBase):
             image_info = json.load(f)
         per_image = self._predict(dataset_category_ids(self.unlabeled_dataset, image_info))
         gathered = comm.all_gather(per_image)
+        probabilities_path = coarse_probability_path(coarse_path)
         if comm.is_main_process():
             merged = merge_rank_annotations(gathered)
+            write_coarse_probabilities(probabilities_path, merged, image_info)
             write_coarse_file(coarse_path, image_info, merged)
             logger.info(f"{type(self).__name__}: {len(merged)} detections with score >= {self.score_thr} on "
                         f"{len(image_info['images'])} unlabeled images written to {coarse_path}")
@@ -138,6 +148,9 @@ class PseudoLabelRefineHook(HookBase):
         self.refiner = build_on_device(self.refiner if self.refiner is not None else self.refiner_spec, device,
                                        type(self).__name__, log=logger.info)
         options = round_job_options(self.refiner_spec, device, progress=comm.is_main_process(), overrides=self.job_options)
+        if self.uncertainty:
+            options.uncertainty = True
+            options.coarse_probabilities = probabilities_path if os.path.exists(probabilities_path) else None
         summary = refine_annotation_file(coarse_path, metadata.image_root, refined_path, options=options,
                                          refiner=self.refiner)
         comm.synchronize()
@@ -147,7 +160,8 @@ class PseudoLabelRefineHook(HookBase):
         if name in DatasetCatalog.list():  # a rerun of the same round
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        register_coco_instances(name, {}, refined_path, metadata.image_root)
+        register = register_coco_instances_with_uncertainty if self.uncertainty else register_coco_instances
+        register(name, {}, refined_path, metadata.image_root)
         self.last_output, self.last_dataset = refined_path, name
         return name
 
@@ -163,11 +177,15 @@ class PseudoLabelRefineHook(HookBase):
         try:
             with torch.no_grad():
                 for inputs in tqdm(loader, desc="pseudo labels: predicting", disable=not comm.is_main_process()):
-                    for record, output in zip(inputs, forward(inputs)):
+                    outputs, probabilities = keep_mask_probabilities(model, inputs) if self.uncertainty else (None, None)
+                    if outputs is None:
+                        outputs = forward(inputs)
+                    for k, (record, output) in enumerate(zip(inputs, outputs)):
                         instances = output["instances"].to("cpu")
                         kept, n_empty = detections_to_annotations(
                             masks_to_bool(instances.pred_masks), instances.scores.float().numpy(),
-                            instances.pred_classes.numpy(), record["image_id"], category_ids, self.score_thr)
+                            instances.pred_classes.numpy(), record["image_id"], category_ids, self.score_thr,
+                            None if probabilities is None else probabilities[k])
                         per_image[int(record["image_id"])] = kept
                         empty += n_empty
         finally:

@@ -7,6 +7,10 @@ import json
 import os
 from typing import Any, Dict, Optional, Tuple
 
+from ..files import file_sha256
+
+from ..uncertainty.maps import BINARY_COARSE_WIDTH, DEFAULT_THETA
+
 REFINERS = ("samrefiner", "phoenix")
 
 
@@ -47,6 +51,13 @@ class JobOptions:
         shard: ``(index, count)``: process only this part of the images (cluster schedulers).
         keep_work_dir: keep the shards after the final file is written.
         progress: show a progress bar.
+        uncertainty: also write SUM's uncertainty map of every refined record into the sidecar
+            ``<OUT>.uncertainty.bin`` and its summary into the record's ``refinement`` (docs/uncertainty.md).
+        coarse_probabilities: with ``uncertainty``, a map file of the detector's probabilities of the coarse
+            masks (written by the framework hooks), used as σ(s); None: the binary masks' signed-distance
+            sigmoid of width ``coarse_width`` pixels.
+        coarse_width: see ``coarse_probabilities``.
+        uncertainty_theta: θ of the per-record summary's "certain" pixels (c > θ).
     """
 
     refiner: str = "samrefiner"
@@ -69,6 +80,10 @@ class JobOptions:
     shard: Tuple[int, int] = (0, 1)
     keep_work_dir: bool = False
     progress: bool = True
+    uncertainty: bool = False
+    coarse_probabilities: Optional[str] = None
+    coarse_width: float = BINARY_COARSE_WIDTH
+    uncertainty_theta: float = DEFAULT_THETA
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option that is out of range."""
@@ -86,6 +101,12 @@ class JobOptions:
         index, count = self.shard
         if count < 1 or not 0 <= index < count:
             raise ValueError(f"--shard must be i/n with 0 <= i < n, got {index}/{count}")
+        if self.coarse_probabilities is not None and not self.uncertainty:
+            raise ValueError("--coarse-probabilities is only used with --uncertainty")
+        if not self.coarse_width > 0:
+            raise ValueError(f"--coarse-width must be positive, got {self.coarse_width}")
+        if not 0 <= self.uncertainty_theta < 1:
+            raise ValueError(f"--uncertainty-theta must be in [0, 1), got {self.uncertainty_theta}")
 
     @property
     def batch_invariant_decoder(self) -> bool:
@@ -104,7 +125,7 @@ class JobOptions:
             # Path and size: hashing a 2.5 GB vit_h file on every start would cost more than it saves.
             path = os.path.abspath(self.checkpoint)
             checkpoint = {"path": path, "size": os.path.getsize(path) if os.path.exists(path) else None}
-        return {
+        options = {
             "refiner": self.refiner,
             # All of them, chunk sizes included (they decide which prompts share a decoder call, which
             # changes floating-point results), except the decoder's chunk size when it decodes one
@@ -122,3 +143,16 @@ class JobOptions:
             "keep_coarse": self.keep_coarse,
             "chunk_size": self.chunk_size,
         }
+        if self.uncertainty:  # only then: the manifests of plain jobs stay as they were
+            options["uncertainty"] = self.uncertainty_options()
+        return options
+
+    def uncertainty_options(self) -> Dict[str, Any]:
+        """What decides the uncertainty maps (recorded in the manifest and the sidecar's header)."""
+        coarse: Dict[str, Any] = {"source": "binary_signed_distance", "width": float(self.coarse_width)}
+        if self.coarse_probabilities is not None:
+            path = os.path.abspath(self.coarse_probabilities)
+            coarse = {"source": "detector_probabilities", "file": os.path.basename(path),
+                      "sha256": file_sha256(path) if os.path.exists(path) else None}
+        return {"coarse": coarse, "theta": float(self.uncertainty_theta)}
+

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from refine_hooks.data.masks import mask_to_xywh, rle_encode_many
+from refine_hooks.data.windows import WindowedMap, mask_box, union_box
 
 from .options import JobOptions
 
@@ -23,10 +24,14 @@ REFINED_NAME = "pseudo_refined.json"
 
 # image id -> that image's pseudo-label annotations (no "id" yet); images without detections map to []
 RoundAnnotations = Dict[int, List[Dict[str, Any]]]
+# Where an annotation carries its detector's mask probabilities between prediction and the coarse file
+# (uint8 levels on a window); never written into the file itself.
+PROBABILITY_KEY = "_mask_probability"
 
 
 def detections_to_annotations(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, image_id: int,
-                              category_ids: Sequence[int], score_thr: float) -> Tuple[List[Dict[str, Any]], int]:
+                              category_ids: Sequence[int], score_thr: float,
+                              probabilities: Optional[np.ndarray] = None) -> Tuple[List[Dict[str, Any]], int]:
     """COCO annotations (no ``id`` yet; RLE with str counts, the mask's box and area, ``score``) of one
     image's detections with ``score >= score_thr``, and how many such detections had an empty mask (an
     empty mask is no annotation: left out and counted).
@@ -34,6 +39,9 @@ def detections_to_annotations(masks: np.ndarray, scores: np.ndarray, labels: np.
     Args:
         masks: bool ``N x H x W``; scores: float ``N``; labels: int ``N`` contiguous labels.
         category_ids: dataset category id of each label.
+        probabilities: uint8 ``N x H x W`` levels (``round`` or ``floor`` of ``255 p``) of the detector's mask
+            probabilities, if it kept them: each annotation then carries them under :data:`PROBABILITY_KEY`
+            on the window where they are nonzero (with the mask's box).
     """
     keep = np.flatnonzero(scores >= score_thr)
     out, empty = [], 0
@@ -44,7 +52,28 @@ def detections_to_annotations(masks: np.ndarray, scores: np.ndarray, labels: np.
         out.append({"image_id": int(image_id), "category_id": int(category_ids[int(labels[j])]),
                     "segmentation": rle, "area": float(masks[j].sum()), "bbox": mask_to_xywh(masks[j]),
                     "iscrowd": 0, "score": float(scores[j])})
+        if probabilities is not None:
+            x1, y1, x2, y2 = union_box(mask_box(masks[j]), mask_box(probabilities[j] > 0))
+            out[-1][PROBABILITY_KEY] = WindowedMap(np.ascontiguousarray(probabilities[j, y1:y2 + 1, x1:x2 + 1]), x1, y1)
     return out, empty
+
+
+def write_coarse_probabilities(path: str, annotations: List[Dict[str, Any]], image_info: Mapping[str, Any]) -> Optional[str]:
+    """Take the :data:`PROBABILITY_KEY` windows out of the numbered ``annotations`` and write them as a map
+    file keyed by annotation id (:mod:`refine_hooks.uncertainty.sidecar`) for the job's
+    ``coarse_probabilities``. Returns ``path``, or None (and no file) when no annotation had any."""
+    from refine_hooks.uncertainty import KIND_COARSE_PROBABILITY, MapEntry, write_map_file
+
+    sizes = {image["id"]: (int(image["height"]), int(image["width"])) for image in image_info["images"]}
+    entries = [MapEntry.from_levels(a["id"], *sizes[a["image_id"]], a.pop(PROBABILITY_KEY))
+               for a in annotations if PROBABILITY_KEY in a]
+    if os.path.exists(path):
+        os.remove(path)  # a previous run's file of this round
+    if not entries:
+        return None
+    write_map_file(path, entries, kind=KIND_COARSE_PROBABILITY,
+                   meta={"values": "uint8 levels of the detector's mask probabilities p (level / 255); 0 outside the window"})
+    return path
 
 
 def merge_rank_annotations(parts: Iterable[RoundAnnotations]) -> List[Dict[str, Any]]:

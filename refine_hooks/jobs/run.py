@@ -40,6 +40,7 @@ from .options import JobOptions
 from .plan import JobInputError, Plan, build_plan, check_images
 from .shards import WorkDir, work_dir_for
 from .summary import Summary, summary_path, write_summary
+from .uncertainty import UncertaintyRecorder, open_coarse_probabilities, record_keys, write_sidecar
 from .worker import INFO_KEY, STATUS_REFINED, ImageWorkDataset, WorkItem, copied_output, keep_items, passed_output, refined_outputs
 
 MANIFEST_FORMAT = 1
@@ -100,8 +101,11 @@ def _manifest(input_path: str, options: JobOptions, plan: Plan, annotations: Ann
 class _Refining:
     """Batches work items through the refiner and collects chunk outputs (main process)."""
 
-    def __init__(self, refiner: Refiner, workdir: WorkDir, chunk_of: Dict[int, int], chunk_images: Dict[int, int], options: JobOptions):
+    def __init__(self, refiner: Refiner, workdir: WorkDir, chunk_of: Dict[int, int], chunk_images: Dict[int, int], options: JobOptions,
+                 uncertainty: Optional[UncertaintyRecorder] = None):
         self.refiner = refiner
+        self.uncertainty = uncertainty
+        self.maps: Dict[int, Dict[int, Any]] = collections.defaultdict(dict)  # chunk -> record index -> MapEntry
         self.workdir = workdir
         self.chunk_of = chunk_of
         self.images_left = dict(chunk_images)
@@ -143,17 +147,28 @@ class _Refining:
                     chunk_outputs[index] = passed_output(item.rles[slot], result.passed_through[slot])
             for index, output in zip(np.asarray(item.record_indices)[refined].tolist(), fresh):
                 chunk_outputs[index] = output
+            if self.uncertainty is not None:
+                self._record_uncertainty(item, result, chunk_outputs)
             self.masks_done += len(item.record_indices)
             completed += self._group_done(item)
         return completed
+
+    def _record_uncertainty(self, item: WorkItem, result: RefineResult, chunk_outputs: Dict[int, Dict[str, Any]]) -> None:
+        maps = self.maps[self.chunk_of[item.position]]
+        for slot, index in enumerate(item.record_indices):
+            if result.refined[slot]:
+                entry, summary = self.uncertainty.record(index, item.masks[slot], result.masks[slot], result.probabilities[slot])
+                maps[index] = entry
+                chunk_outputs[index][INFO_KEY].update(summary)
 
     def _refine(self, items: Sequence[WorkItem]) -> List[RefineResult]:
         """Whole images go through ``refine_batch``; an image split into several mask groups (large image,
         many masks) is encoded once when the refiner exposes its embedding step (SAMRefiner does)."""
         whole = [i for i, item in enumerate(items) if item.groups == 1]
         results: List[Optional[RefineResult]] = [None] * len(items)
+        soft = {"probabilities": True} if self.uncertainty is not None else {}
         if whole:
-            batch = self.refiner.refine_batch([items[i].image for i in whole], [items[i].masks for i in whole])
+            batch = self.refiner.refine_batch([items[i].image for i in whole], [items[i].masks for i in whole], **soft)
             for i, result in zip(whole, batch):
                 results[i] = result
         for i, item in enumerate(items):
@@ -162,9 +177,9 @@ class _Refining:
             if hasattr(self.refiner, "refine_with_embedding") and hasattr(self.refiner, "engine"):
                 if item.position not in self.embeddings:
                     self.embeddings[item.position] = self.refiner.engine.encode([item.image])[0]
-                results[i] = self.refiner.refine_with_embedding(self.embeddings[item.position], item.masks, self.refiner.margin)
+                results[i] = self.refiner.refine_with_embedding(self.embeddings[item.position], item.masks, self.refiner.margin, **soft)
             else:
-                results[i] = self.refiner.refine(item.image, item.masks)
+                results[i] = self.refiner.refine(item.image, item.masks, **soft)
         return results  # type: ignore[return-value]
 
     def _group_done(self, item: WorkItem) -> int:
@@ -177,11 +192,12 @@ class _Refining:
         chunk = self.chunk_of[item.position]
         self.images_left[chunk] -= 1
         if self.images_left[chunk] == 0:
-            self.workdir.write_chunk(chunk, self.outputs.pop(chunk))
+            maps = self.maps.pop(chunk, {}) if self.uncertainty is not None else None
+            self.workdir.write_chunk(chunk, self.outputs.pop(chunk), maps)
         return 1
 
 
-def _process(works, chunk_of, chunk_images, refiner, workdir, options, ranks) -> _Refining:
+def _process(works, chunk_of, chunk_images, refiner, workdir, options, ranks, uncertainty=None) -> _Refining:
     dataset = ImageWorkDataset(
         works,
         min_area=options.min_area,
@@ -194,7 +210,7 @@ def _process(works, chunk_of, chunk_images, refiner, workdir, options, ranks) ->
         collate_fn=keep_items,
         prefetch_factor=4 if options.workers > 0 else None,
     )
-    state = _Refining(refiner, workdir, chunk_of, chunk_images, options)
+    state = _Refining(refiner, workdir, chunk_of, chunk_images, options, uncertainty)
     start = time.perf_counter()
     bar = tqdm(total=len(works), desc=f"refining (rank {ranks.rank})" if ranks.world_size > 1 else "refining",
                unit="img", disable=not (options.progress and ranks.is_main), smoothing=0.05)
@@ -210,7 +226,8 @@ def _process(works, chunk_of, chunk_images, refiner, workdir, options, ranks) ->
     return state
 
 
-def _merge(annotations: AnnotationFile, plan: Plan, workdir: WorkDir, num_chunks: int, output_path: str, keep_coarse: bool) -> Summary:
+def _merge(annotations: AnnotationFile, plan: Plan, workdir: WorkDir, num_chunks: int, output_path: str, options: JobOptions) -> Summary:
+    keep_coarse = options.keep_coarse
     outputs: Dict[int, Dict[str, Any]] = {index: copied_output(reason) for index, reason in plan.copied.items()}
     for chunk in tqdm(range(num_chunks), desc="merging", unit="chunk", disable=num_chunks < 50):
         outputs.update(workdir.read_chunk(chunk))
@@ -225,8 +242,13 @@ def _merge(annotations: AnnotationFile, plan: Plan, workdir: WorkDir, num_chunks
                 coarse = {**coarse, "counts": coarse["counts"].decode("ascii")}
             record["coarse_segmentation"] = coarse
         record.update(output)
+    sidecar = ""
+    if options.uncertainty:  # before the output: a merge killed in between redoes both, to the same bytes
+        key_kind, keys = record_keys(annotations)
+        parts = [workdir.read_maps(chunk) for chunk in range(num_chunks)]
+        sidecar = os.path.abspath(write_sidecar(parts, keys, key_kind, output_path, options, options.result_options()))
     write_annotation_file(annotations, output_path)
-    summary = Summary(output=os.path.abspath(output_path), complete=True, images=len(plan.images))
+    summary = Summary(output=os.path.abspath(output_path), complete=True, images=len(plan.images), uncertainty_file=sidecar)
     summary.count_outputs(outputs[i] for i in range(len(annotations.records)))
     return summary
 
@@ -293,6 +315,7 @@ def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks
     if options.limit is not None:
         annotations = limit_images(annotations, options.limit)
     plan = build_plan(annotations, image_dir, score_thr=options.score_thr, skip_invalid_records=options.skip_invalid_records)
+    coarse_maps = open_coarse_probabilities(options, annotations, plan, input_path)
     workdir = WorkDir(work_dir_for(output_path))
     # Only an unsplit job owns its work directory: --shard parts share it and may be running now.
     owns_workdir = not os.path.exists(workdir.root) and options.shard[1] == 1
@@ -302,7 +325,7 @@ def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks
     if not ranks.is_main:
         workdir.open(_manifest(input_path, options, plan, annotations))
     try:
-        return _work(input_path, output_path, options, refiner, ranks, annotations, plan, workdir, started)
+        return _work(input_path, output_path, options, refiner, ranks, annotations, plan, workdir, started, coarse_maps)
     except BaseException:
         # Stopped before any chunk was finished (bad images, a checkpoint that does not load...): a work
         # directory this run created holds nothing worth keeping.
@@ -312,7 +335,7 @@ def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks
 
 
 def _work(input_path, output_path, options: JobOptions, refiner, ranks: Ranks, annotations: AnnotationFile,
-          plan: Plan, workdir: WorkDir, started: float) -> Summary:
+          plan: Plan, workdir: WorkDir, started: float, coarse_maps) -> Summary:
     chunks = plan.chunks(options.chunk_size)
 
     part = options.shard[0] * ranks.world_size + ranks.rank
@@ -336,14 +359,15 @@ def _work(input_path, output_path, options: JobOptions, refiner, ranks: Ranks, a
         if refiner is None and any(work.needs_pixels for work in works):
             refiner = build_job_refiner(options, ranks)
         chunk_of = {work.position: k for k in mine for work in chunks[k]}
-        state = _process(works, chunk_of, {k: len(chunks[k]) for k in mine}, refiner, workdir, options, ranks)
+        recorder = UncertaintyRecorder(options, record_keys(annotations)[1], coarse_maps) if options.uncertainty else None
+        state = _process(works, chunk_of, {k: len(chunks[k]) for k in mine}, refiner, workdir, options, ranks, recorder)
         summary.images_done_this_run = state.images_done
         summary.masks_done_this_run = state.masks_done
         summary.model_seconds = state.model_seconds
     ranks.barrier()
 
     if ranks.is_main and len(workdir.done_chunks() & set(range(len(chunks)))) == len(chunks):
-        merged = _merge(annotations, plan, workdir, len(chunks), output_path, options.keep_coarse)
+        merged = _merge(annotations, plan, workdir, len(chunks), output_path, options)
         merged.images_done_this_run = summary.images_done_this_run
         merged.masks_done_this_run = summary.masks_done_this_run
         merged.model_seconds = summary.model_seconds

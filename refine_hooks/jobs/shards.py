@@ -3,6 +3,7 @@
 ```
 OUT.work/manifest.json          what the job is: input file hash, result-deciding options, chunk count
 OUT.work/chunk-0000042.json     outputs of every record of chunk 42's images, written once, atomically
+OUT.work/maps-0000042.bin       with --uncertainty: chunk 42's uncertainty maps, written just before its chunk file
 ```
 
 A chunk file exists only when complete (temporary file + fsync + rename), so a killed job loses at most
@@ -16,14 +17,16 @@ import json
 import os
 import shutil
 import socket
-from typing import Any, Dict, Set
+from typing import Any, Dict, Optional, Set
 
 from ..data.annotations import atomic_write
+from ..uncertainty.sidecar import KIND_UNCERTAINTY, MapEntry, MapFile, write_map_file
 
 MANIFEST = "manifest.json"
 # Manifest entries that may be switched from False to True on resume without changing finished chunks.
 SWITCH_ON_KEYS = frozenset({"options.skip_missing_images", "options.skip_invalid_records"})
 _CHUNK_PREFIX = "chunk-"
+_MAPS_PREFIX = "maps-"
 
 
 class WorkDirMismatchError(RuntimeError):
@@ -56,6 +59,9 @@ class WorkDir:
 
     def chunk_path(self, chunk: int) -> str:
         return os.path.join(self.root, f"{_CHUNK_PREFIX}{chunk:07d}.json")
+
+    def maps_path(self, chunk: int) -> str:
+        return os.path.join(self.root, f"{_MAPS_PREFIX}{chunk:07d}.bin")
 
     def open(self, manifest: Dict[str, Any]) -> bool:
         """Start or resume the job described by ``manifest``. Returns True when resuming.
@@ -96,10 +102,20 @@ class WorkDir:
             if name.startswith(_CHUNK_PREFIX) and name.endswith(".json")
         }
 
-    def write_chunk(self, chunk: int, outputs: Dict[int, Dict[str, Any]]) -> None:
-        """Store the outputs (record index -> output) of a finished chunk, atomically."""
+    def write_chunk(self, chunk: int, outputs: Dict[int, Dict[str, Any]], maps: Optional[Dict[int, MapEntry]] = None) -> None:
+        """Store the outputs (record index -> output) of a finished chunk, atomically; ``maps`` (record index
+        -> uncertainty map) go first, so that a chunk that counts as done always has them."""
+        if maps is not None:
+            write_map_file(self.maps_path(chunk), [maps[i] for i in sorted(maps)], kind=KIND_UNCERTAINTY, key="index")
         payload = {"chunk": chunk, "host": socket.gethostname(), "records": sorted(outputs.items())}
         atomic_write(self.chunk_path(chunk), lambda handle: json.dump(payload, handle))
+
+    def read_maps(self, chunk: int) -> MapFile:
+        """The uncertainty maps of a finished chunk (keyed by record index)."""
+        if not os.path.exists(self.maps_path(chunk)):
+            raise WorkDirMismatchError(f"{self.root}: chunk {chunk} is done but has no {os.path.basename(self.maps_path(chunk))}; "
+                                       "delete the directory to start over")
+        return MapFile(self.maps_path(chunk), kind=KIND_UNCERTAINTY)
 
     def read_chunk(self, chunk: int) -> Dict[int, Dict[str, Any]]:
         with open(self.chunk_path(chunk)) as handle:

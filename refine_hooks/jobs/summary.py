@@ -25,6 +25,9 @@ class Summary:
         images: images that had records; images_done_this_run: those this process refined now.
         masks_done_this_run, seconds, model_seconds: throughput of this run; ``model_seconds`` is the
             time spent inside the refiner (the rest went to waiting for data and writing results).
+        uncertainty_file: the uncertainty sidecar (``--uncertainty``), else ''.
+        mean_certainty, mean_certain_fraction: means of the refined records' ``mean_certainty`` and
+            ``certain_fraction`` (``--uncertainty``), else None.
     """
 
     output: str = ""
@@ -40,6 +43,9 @@ class Summary:
     masks_done_this_run: int = 0
     seconds: float = 0.0
     model_seconds: float = 0.0
+    uncertainty_file: str = ""
+    mean_certainty: Optional[float] = None
+    mean_certain_fraction: Optional[float] = None
 
     @property
     def images_per_second(self) -> float:
@@ -52,7 +58,7 @@ class Summary:
     def count_outputs(self, outputs: Iterable[Dict[str, Any]]) -> None:
         """Fill the record counts and means from output dicts (see :mod:`refine_hooks.jobs.worker`)."""
         passed, copied = Counter(), Counter()
-        ious, preds = [], []
+        ious, preds, certainty, certain = [], [], [], []
         self.records = self.refined = 0
         for output in outputs:
             info = output[INFO_KEY]
@@ -62,6 +68,10 @@ class Summary:
                 ious.append(info["iou_coarse_refined"])
                 if info["pred_iou"] is not None:
                     preds.append(info["pred_iou"])
+                if info.get("mean_certainty") is not None:
+                    certainty.append(info["mean_certainty"])
+                if info.get("certain_fraction") is not None:
+                    certain.append(info["certain_fraction"])
             elif info["status"] == STATUS_PASSED:
                 passed[info["reason"]] += 1
             elif info["status"] == STATUS_COPIED:
@@ -70,6 +80,8 @@ class Summary:
         self.copied = dict(sorted(copied.items()))
         self.mean_iou_coarse_refined = round(sum(ious) / len(ious), 4) if ious else None
         self.mean_pred_iou = round(sum(preds) / len(preds), 4) if preds else None
+        self.mean_certainty = round(sum(certainty) / len(certainty), 4) if certainty else None
+        self.mean_certain_fraction = round(sum(certain) / len(certain), 4) if certain else None
 
     def to_dict(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -99,8 +111,13 @@ class Summary:
                 f" ({self.images_per_second:.2f} images/s, {self.masks_per_second:.2f} masks/s,"
                 f" {100 * (1 - self.model_seconds / self.seconds):.0f}% of the time outside the refiner)"
             )
+        if self.mean_certainty is not None:
+            lines.append(f"uncertainty: mean certainty {self.mean_certainty:.4f}, mean fraction of a refined mask that is "
+                         f"certain {self.mean_certain_fraction if self.mean_certain_fraction is not None else 'n/a'}")
         if self.output:
             lines.append(f"wrote {self.output}")
+        if self.uncertainty_file:
+            lines.append(f"wrote {self.uncertainty_file}")
         return "\n".join(lines)
 
 

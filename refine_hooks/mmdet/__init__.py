@@ -11,6 +11,8 @@ Importing this package registers, in mmdet's registries:
 - ``RefinedDetector`` (MODELS): ``dict(type='RefinedDetector', detector=..., refiner=...)``;
 - ``CocoBoundaryMetric``, ``LVISBoundaryMetric`` (METRICS): mask AP and Boundary AP;
 - ``PseudoLabelRefineHook`` (HOOKS): refined pseudo labels at the end of a self-training round;
+- uncertainty-aware training on them (:mod:`refine_hooks.mmdet.uncertainty`): ``UncertaintyCocoDataset``,
+  ``LoadUncertainty``, ``UncertaintyAwareFCNMaskHead``, ``UncertaintyAwareMask2FormerHead`` and their losses;
 
 and makes mmengine read local checkpoints with torch >= 2.6 and resolve ``mmdet::`` configs without
 ``pkg_resources`` (see :mod:`refine_hooks.mmdet.compat`).
@@ -38,13 +40,23 @@ from .predictions import RefineStats, refine_data_samples  # noqa: E402
 from .pseudo_label_hook import PseudoLabelRefineHook  # noqa: E402
 from .refined_detector import RefinedDetector  # noqa: E402
 from .refinement_hook import MaskRefinementHook  # noqa: E402
+from .uncertainty import (LoadUncertainty, UncertaintyAwareCrossEntropyLoss, UncertaintyAwareDiceLoss,  # noqa: E402
+                          UncertaintyAwareFCNMaskHead, UncertaintyAwareFocalLoss, UncertaintyAwareMask2FormerHead,
+                          UncertaintyCocoDataset)
 
 __all__ = [
     "CocoBoundaryMetric",
     "LVISBoundaryMetric",
+    "LoadUncertainty",
     "MaskRefinementHook",
     "PseudoLabelRefineHook",
     "RefineStats",
     "RefinedDetector",
+    "UncertaintyAwareCrossEntropyLoss",
+    "UncertaintyAwareDiceLoss",
+    "UncertaintyAwareFCNMaskHead",
+    "UncertaintyAwareFocalLoss",
+    "UncertaintyAwareMask2FormerHead",
+    "UncertaintyCocoDataset",
     "refine_data_samples",
 ]

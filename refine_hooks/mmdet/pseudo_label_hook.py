@@ -13,6 +13,7 @@ COCO annotation file (``<out_dir>/<round>/pseudo_coarse.json``), and the pseudo-
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -28,22 +29,26 @@ from tqdm import tqdm
 from refine_hooks.data.predictions import mmdet_category_ids
 from refine_hooks.jobs import JobOptions, refine_annotation_file
 from refine_hooks.jobs.rounds import (COARSE_NAME, REFINED_NAME, detections_to_annotations,  # noqa: F401
-                                      merge_rank_annotations, round_job_options, write_coarse_file)
+                                      merge_rank_annotations, round_job_options, write_coarse_file,
+                                      write_coarse_probabilities)
+from refine_hooks.uncertainty import coarse_probability_path, uncertainty_path
 
 from .predictions import masks_to_bool
+from .uncertainty.probabilities import keeping_mask_probabilities
 from .refiner_setup import build_on_device, module_device
 
 def predictions_to_annotations(
-    data_samples: Sequence, cat_ids: Sequence[int], score_thr: float
+    data_samples: Sequence, cat_ids: Sequence[int], score_thr: float, probabilities: Optional[Sequence] = None
 ) -> Tuple[List[Dict[str, Any]], int]:
     """COCO annotations of the data samples' detections with ``score >= score_thr`` and the number of
-    those with an empty mask (see :func:`refine_hooks.jobs.rounds.detections_to_annotations`)."""
+    those with an empty mask (see :func:`refine_hooks.jobs.rounds.detections_to_annotations`);
+    ``probabilities``: per sample, the detector's kept mask probabilities (or None)."""
     out, empty = [], 0
-    for sample in data_samples:
+    for k, sample in enumerate(data_samples):
         pred = sample.pred_instances
         kept, n_empty = detections_to_annotations(
             masks_to_bool(pred.masks), pred.scores.detach().float().cpu().numpy(), pred.labels.detach().cpu().numpy(),
-            int(sample.img_id), cat_ids, score_thr)
+            int(sample.img_id), cat_ids, score_thr, None if probabilities is None else probabilities[k])
         out += kept
         empty += n_empty
     return out, empty
@@ -93,6 +98,9 @@ class PseudoLabelRefineHook(Hook):
             ``max_masks_per_batch``, ``keep_coarse``, ...).
         dataset_index: which dataset of a ``ConcatDataset`` in ``train_dataloader`` takes the pseudo
             labels (default: the last).
+        uncertainty: also write the uncertainty sidecar of the refined file (the job's ``uncertainty``),
+            with the detector's mask probabilities as σ(s) where it has them (Mask R-CNN, Mask2Former;
+            ``<round>/pseudo_coarse.probabilities.bin``); docs/uncertainty.md.
     """
 
     priority = "LOW"
@@ -106,6 +114,7 @@ class PseudoLabelRefineHook(Hook):
         interval: Optional[int] = None,
         job_options: Optional[Dict[str, Any]] = None,
         dataset_index: int = -1,
+        uncertainty: bool = False,
     ):
         if interval is not None and interval < 1:
             raise ValueError(f"interval must be None or at least 1, got {interval}")
@@ -117,6 +126,7 @@ class PseudoLabelRefineHook(Hook):
         self.interval = interval
         self.job_options = dict(job_options or {})
         self.dataset_index = dataset_index
+        self.uncertainty = uncertainty
         self.last_output: Optional[str] = None  # the last refined file written
         self._image_dir = ""  # the unlabeled images (absolute), set by make_round
 
@@ -149,8 +159,10 @@ class PseudoLabelRefineHook(Hook):
         self._image_dir = os.path.abspath(dataset.data_prefix.get("img", ""))
         per_image = self._predict(runner, dataloader, cat_ids)
         gathered = all_gather_object(per_image)
+        probabilities_path = coarse_probability_path(coarse_path)
         if get_rank() == 0:
             merged = merge_rank_annotations(gathered)
+            write_coarse_probabilities(probabilities_path, merged, unlabeled)
             write_coarse_file(coarse_path, unlabeled, merged)
             print_log(f"{type(self).__name__}: {len(merged)} detections with score >= {self.score_thr} on "
                       f"{len(unlabeled['images'])} unlabeled images written to {coarse_path}", logger="current")
@@ -160,8 +172,12 @@ class PseudoLabelRefineHook(Hook):
         # Built on first use, then moved to wherever the model is now.
         self.refiner = build_on_device(self.refiner if self.refiner is not None else self.refiner_spec, device,
                                        type(self).__name__)
+        options = self._job_options(device)
+        if self.uncertainty:
+            options.uncertainty = True
+            options.coarse_probabilities = probabilities_path if os.path.exists(probabilities_path) else None
         summary = refine_annotation_file(coarse_path, dataset.data_prefix.get("img", ""), refined_path,
-                                         options=self._job_options(device), refiner=self.refiner)
+                                         options=options, refiner=self.refiner)
         barrier()
         print_log(f"{type(self).__name__}: refined pseudo labels of round '{tag}': {refined_path}\n{summary.text()}",
                   logger="current")
@@ -178,11 +194,13 @@ class PseudoLabelRefineHook(Hook):
         model.eval()
         per_image: Dict[int, List[Dict[str, Any]]] = {}
         empty = 0
+        keeping = keeping_mask_probabilities(model) if self.uncertainty else contextlib.nullcontext()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), keeping as probabilities:
                 for data in tqdm(dataloader, desc="pseudo labels: predicting", disable=get_rank() != 0):
                     outputs = model.test_step(data)
-                    kept, n_empty = predictions_to_annotations(outputs, cat_ids, self.score_thr)
+                    soft = probabilities.for_samples(outputs) if probabilities is not None else None
+                    kept, n_empty = predictions_to_annotations(outputs, cat_ids, self.score_thr, soft)
                     for sample in outputs:
                         per_image.setdefault(int(sample.img_id), [])
                     for annotation in kept:
@@ -203,6 +221,8 @@ class PseudoLabelRefineHook(Hook):
         cfg = copy.deepcopy(runner.cfg.train_dataloader)
         node = _dataset_node(cfg, self.dataset_index)
         node["ann_file"] = os.path.abspath(path)
+        if node.get("uncertainty_file"):  # an UncertaintyCocoDataset naming its sidecar: the new round's
+            node["uncertainty_file"] = uncertainty_path(os.path.abspath(path))
         node["data_prefix"] = dict(node.get("data_prefix") or {}, img=self._image_dir)
         loader = runner.build_dataloader(cfg, seed=runner.seed)
         loop = runner.train_loop

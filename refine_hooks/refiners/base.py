@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from ..data.windows import WindowedMap
 
 # Reasons a mask can be passed through unchanged. Stable strings: they are written into output files.
 PASS_EMPTY = "empty"
@@ -24,11 +26,17 @@ class RefineResult:
             last iteration; NaN for passed-through masks.
         passed_through: dict from mask index to the reason (one of the ``PASS_*`` strings) that mask
             was returned unchanged. Indices not in it were refined.
+        probabilities: only when asked for (``probabilities=True``), per mask the refined probabilities
+            σ(r) of SUM's uncertainty map (Sec. 3.2.3, eq. 3): the sigmoid of the selected candidate's
+            logits at the original size in the last iteration, float32 on the window
+            ``union(box of the coarse mask, box of the refined mask)`` (the only place the uncertainty
+            map is nonzero, see :mod:`refine_hooks.uncertainty`); None for passed-through masks.
     """
 
     masks: np.ndarray
     iou_predictions: np.ndarray
     passed_through: Dict[int, str] = dataclasses.field(default_factory=dict)
+    probabilities: Optional[List[Optional[WindowedMap]]] = None
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -47,16 +55,18 @@ class Refiner:
     Subclasses implement :meth:`refine_batch`; :meth:`refine` is the one-image convenience.
     """
 
-    def refine(self, image: np.ndarray, masks: np.ndarray) -> RefineResult:
+    def refine(self, image: np.ndarray, masks: np.ndarray, *, probabilities: bool = False) -> RefineResult:
         """Refine the masks of one image.
 
         Args:
             image: uint8 ``H x W x 3`` RGB.
             masks: bool ``N x H x W`` (N may be 0), coarse masks at the image's size.
+            probabilities: also return :attr:`RefineResult.probabilities`.
         """
-        return self.refine_batch([image], [masks])[0]
+        return self.refine_batch([image], [masks], probabilities=probabilities)[0]
 
-    def refine_batch(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> List[RefineResult]:
+    def refine_batch(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
+                     probabilities: bool = False) -> List[RefineResult]:
         """Refine the masks of several images; ``masks[i]`` belongs to ``images[i]``.
 
         The result for an image does not depend on which other images share its batch.

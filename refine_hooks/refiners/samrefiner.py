@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.masks import masks_to_xyxy
+from ..data.windows import WindowedMap, mask_box, union_box
 from ..prompts import (
     DISTANCE_KINDS,
     GAUSSIAN_KINDS,
@@ -156,14 +157,15 @@ class SAMRefiner(Refiner):
         return self
 
     # ------------------------------------------------------------------ public API
-    def refine_batch(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> List[RefineResult]:
+    def refine_batch(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
+                     probabilities: bool = False) -> List[RefineResult]:
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} mask arrays")
         for image, image_masks in zip(images, masks):
             check_image_and_masks(image, image_masks)
         with self.timer("encode"):
             embeddings = self.engine.encode(images, batch_size=self.encoder_batch_size)
-        return [self.refine_with_embedding(e, m, self.margin) for e, m in zip(embeddings, masks)]
+        return [self.refine_with_embedding(e, m, self.margin, probabilities=probabilities) for e, m in zip(embeddings, masks)]
 
     def refine_semantic(self, image: np.ndarray, masks: np.ndarray) -> RefineResult:
         """Refine semantic masks (one per class, each possibly several objects) with split-then-merge.
@@ -202,17 +204,19 @@ class SAMRefiner(Refiner):
         return RefineResult(masks=output, iou_predictions=ious, passed_through=passed)
 
     # ------------------------------------------------------------------ internals
-    def refine_with_embedding(self, embedding: ImageEmbedding, masks: np.ndarray, margin: float) -> RefineResult:
+    def refine_with_embedding(self, embedding: ImageEmbedding, masks: np.ndarray, margin: float, *,
+                              probabilities: bool = False) -> RefineResult:
         """Refine bool ``N x H x W`` masks of an already encoded image (see :class:`RefineResult`)."""
         count = masks.shape[0]
         output = masks.copy()
         ious = np.full(count, np.nan, dtype=np.float32)
+        soft: Optional[List[Optional[WindowedMap]]] = [None] * count if probabilities else None
         areas = masks.sum(axis=(1, 2))
         passed = {int(i): PASS_EMPTY for i in np.flatnonzero(areas == 0)}
         passed.update({int(i): PASS_BELOW_MIN_AREA for i in np.flatnonzero((areas > 0) & (areas < self.min_area))})
         todo = np.asarray([i for i in range(count) if i not in passed], dtype=np.int64)
         if todo.size == 0:
-            return RefineResult(output, ious, passed)
+            return RefineResult(output, ious, passed, soft)
         height, width = embedding.original_size
         similarity = None
         if self.use_box and margin > 0:
@@ -223,15 +227,28 @@ class SAMRefiner(Refiner):
         chunk = max(1, min(self.engine.decoder_chunk_size, self.max_chunk_pixels // (height * width)))
         for start in range(0, todo.size, chunk):
             indices = todo[start : start + chunk]
-            refined, refined_ious, sam_empty = self._cascade(embedding, masks[indices], similarity, margin)
+            refined, refined_ious, sam_empty, last_logits = self._cascade(embedding, masks[indices], similarity, margin, probabilities)
             output[indices] = refined
             ious[indices] = refined_ious
             passed.update({int(i): PASS_SAM_EMPTY for i in indices[sam_empty]})
-        return RefineResult(output, ious, dict(sorted(passed.items())))
+            if probabilities:
+                for slot, index in enumerate(indices):
+                    if not sam_empty[slot]:
+                        soft[index] = self._probability_window(embedding, last_logits[slot], masks[index], refined[slot])
+        return RefineResult(output, ious, dict(sorted(passed.items())), soft)
+
+    def _probability_window(self, embedding: ImageEmbedding, low_res_logits: torch.Tensor, coarse: np.ndarray,
+                            refined: np.ndarray) -> WindowedMap:
+        """σ(r) of one mask (SUM Sec. 3.2.3): the sigmoid of its last selected low-res logits upsampled to the
+        original size, on the union of the coarse and the refined mask's boxes only."""
+        x1, y1, x2, y2 = union_box(mask_box(coarse), mask_box(refined))
+        logits = self.engine.upsample_logits_window(low_res_logits, embedding, (x1, y1, x2, y2))
+        return WindowedMap(torch.sigmoid(logits).cpu().numpy().astype(np.float32), x1, y1)
 
     def _cascade(
-        self, embedding: ImageEmbedding, coarse: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float
-    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, embedding: ImageEmbedding, coarse: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float,
+        keep_logits: bool = False,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[torch.Tensor]]:
         """Run the iterations on bool ``n x H x W`` non-empty masks.
 
         A mask whose SAM output is empty keeps its previous mask and stops iterating. A mask whose output
@@ -239,11 +256,15 @@ class SAMRefiner(Refiner):
         iteration would return it again; it stops iterating with the same result.
 
         Returns:
-            bool ``n x H x W`` masks, float32 ``n`` IoU predictions, bool ``n`` "empty at the first iteration".
+            bool ``n x H x W`` masks, float32 ``n`` IoU predictions, bool ``n`` "empty at the first iteration",
+            and with ``keep_logits`` float32 ``n x m x m``: the low-res logits of the selected candidate that
+            gave each returned mask (the last iteration's; a converged mask's last iteration is the one that
+            reproduced it), else None.
         """
         current = coarse.copy()
         ious = np.full(len(coarse), np.nan, dtype=np.float32)
         empty_first = np.zeros(len(coarse), dtype=bool)
+        last_logits = None
         active = np.arange(len(coarse))
         # Per mask a rectangle (x1, y1, x2, y2, inclusive) outside which it is False: postprocessing compares
         # and writes only there, never whole images.
@@ -257,19 +278,26 @@ class SAMRefiner(Refiner):
             with self.timer("postprocess"):
                 best = candidate_ious.argmax(dim=1)
                 rows = torch.arange(len(best), device=best.device)
-                windows = self.engine.upsample_windows(logits[rows, best], embedding)
+                selected = logits[rows, best]
+                windows = self.engine.upsample_windows(selected, embedding)
                 best_ious = candidate_ious[rows, best].cpu().numpy()
                 keep = np.zeros(len(active), dtype=bool)  # non-empty and changed: iterate again
+                nonempty = np.zeros(len(active), dtype=bool)
                 for k, (index, (window, origin)) in enumerate(zip(active, windows)):
                     if window is None or not window.any():  # empty: keeps its previous mask, stops
                         empty_first[index] |= iteration == 0
                         continue
+                    nonempty[k] = True
                     keep[k] = _replace_if_changed(current[index], extents[index], window, origin)
                     ious[index] = best_ious[k]
+                if keep_logits:
+                    if last_logits is None:
+                        last_logits = selected.new_zeros((len(coarse),) + tuple(selected.shape[1:]))
+                    last_logits[torch.from_numpy(active[nonempty]).to(selected.device)] = selected[torch.from_numpy(nonempty).to(selected.device)]
                 active = active[keep]
             if active.size == 0:
                 break
-        return current, ious, empty_first
+        return current, ious, empty_first, last_logits
 
     def prompts_for(self, embedding: ImageEmbedding, masks: np.ndarray) -> Dict[str, torch.Tensor]:
         """What one cascade iteration feeds the decoder for non-empty bool ``n x H x W`` masks of an encoded

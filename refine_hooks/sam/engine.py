@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..resize import AxisMap, from_low_res, positive_window, to_mask_input
+from ..resize import AxisMap, from_low_res, output_window, positive_window, to_mask_input
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -304,6 +304,13 @@ class SamEngine:
             window, origin = positive_window(rows, cols, logits.float())
             windows.append((None, None) if window is None else (window.cpu().numpy(), origin))
         return windows
+
+    def upsample_logits_window(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding, box) -> torch.Tensor:
+        """float ``m x m`` low-res logits of one mask -> float32 ``h x w`` logits at the original size on the
+        inclusive ``box`` = (x1, y1, x2, y2) only: the same window of :meth:`upsample_logits` (up to float
+        rounding), at a cost that follows the box's size."""
+        rows, cols = self.low_res_frame(embedding)
+        return output_window(rows, cols, low_res_logits.float(), box)
 
     def upsample_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """float ``N x m x m`` low-res logits -> float32 ``N x H x W`` at the original size (``Sam.postprocess_masks``)."""

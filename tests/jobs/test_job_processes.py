@@ -53,11 +53,10 @@ def dataset(tmp_path):
     return {"images": str(tmp_path / "images"), "ann": str(tmp_path / "pseudo.json")}
 
 
-def test_killed_run_resumes_to_the_same_bytes(dataset, tiny_checkpoint, tmp_path):
-    out = str(tmp_path / "killed.json")
+def kill_after_first_chunk(argv, out):
+    """Run the tool with ``argv``, SIGKILL it as soon as its first chunk file exists; returns the chunk files."""
     work = work_dir_for(out)
-    process = subprocess.Popen([sys.executable, TOOL, *_args(dataset, tiny_checkpoint, out, "--iterations", "8")],
-                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, TOOL, *argv], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         if os.path.isdir(work) and any(name.startswith("chunk-") and name.endswith(".json") for name in os.listdir(work)):
@@ -66,7 +65,13 @@ def test_killed_run_resumes_to_the_same_bytes(dataset, tiny_checkpoint, tmp_path
     assert process.poll() is None, "the run ended before it could be killed: " + process.stderr.read().decode()[-2000:]
     process.send_signal(signal.SIGKILL)
     process.wait()
-    chunks_done = [n for n in os.listdir(work) if n.startswith("chunk-") and n.endswith(".json")]
+    return sorted(n for n in os.listdir(work) if n.startswith("chunk-") and n.endswith(".json"))
+
+
+def test_killed_run_resumes_to_the_same_bytes(dataset, tiny_checkpoint, tmp_path):
+    out = str(tmp_path / "killed.json")
+    work = work_dir_for(out)
+    chunks_done = kill_after_first_chunk(_args(dataset, tiny_checkpoint, out, "--iterations", "8"), out)
     assert not os.path.exists(out) and 1 <= len(chunks_done) < 9, chunks_done
 
     # a different result-deciding option is refused ...

@@ -16,6 +16,10 @@ from PIL import Image
 
 from refine_hooks.data.masks import mask_to_xywh, rle_encode
 
+# Texture amplitudes (0..255 scale): stripes of a random direction and period, and pixel noise.
+STRIPES = 12.0
+NOISE = 6.0
+
 
 def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     base = rng.integers(30, 226, size=3).astype(np.float32)
@@ -23,8 +27,8 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     angle = rng.uniform(0, np.pi)
     period = rng.uniform(4, 12)
     stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)[..., None]
-    noise = rng.normal(0, 12, size=(height, width, 3))
-    return np.clip(base + 25 * stripes + noise, 0, 255)
+    noise = rng.normal(0, NOISE, size=(height, width, 3))
+    return np.clip(base + STRIPES * stripes + noise, 0, 255)
 
 
 def _shape(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
