@@ -243,6 +243,38 @@ def upsample_masks(engine, low_res_logits: torch.Tensor, embedding) -> np.ndarra
     return masks
 
 
+
+# ---------------------------------------------------------------- SAMRefiner._cascade
+def cascade(refiner, embedding, coarse, similarity, margin, keep_logits=False):
+    """``SAMRefiner._cascade`` as it was: whole-image masks compared and copied every iteration."""
+    current = coarse.copy()
+    ious = np.full(len(coarse), np.nan, dtype=np.float32)
+    empty_first = np.zeros(len(coarse), dtype=bool)
+    last_logits = None
+    active = np.arange(len(coarse))
+    for iteration in range(refiner.iterations):
+        result = prompts(refiner, embedding, current[active], similarity, margin)
+        logits, candidate_ious = refiner.engine.decode(embedding, multimask_output=refiner.multimask_output, **result)
+        best = candidate_ious.argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        selected = logits[rows, best]
+        binary = upsample_masks(refiner.engine, selected, embedding)
+        best_ious = candidate_ious[rows, best].cpu().numpy()
+        nonempty = binary.reshape(len(binary), -1).any(axis=1)
+        changed = (binary != current[active]).reshape(len(binary), -1).any(axis=1)
+        current[active[nonempty]] = binary[nonempty]
+        ious[active[nonempty]] = best_ious[nonempty]
+        if keep_logits:
+            if last_logits is None:
+                last_logits = selected.new_zeros((len(coarse),) + tuple(selected.shape[1:]))
+            last_logits[torch.from_numpy(active[nonempty]).to(selected.device)] = selected[torch.from_numpy(nonempty).to(selected.device)]
+        if iteration == 0:
+            empty_first[active[~nonempty]] = True
+        active = active[nonempty & changed]
+        if active.size == 0:
+            break
+    return current, ious, empty_first, last_logits
+
 # ================================================================ tests
 import pytest  # noqa: E402
 
@@ -331,17 +363,52 @@ def test_postprocessed_masks_equal_the_previous_implementation(cases):
         assert not engine.upsample_masks(padding, embedding).any()
 
 
-@pytest.mark.parametrize("options", [dict(), dict(margin=0.05), dict(gaussian="spatial", iterations=2)])
+@pytest.mark.parametrize("options", [dict(), dict(margin=0.05), dict(gaussian="spatial", iterations=2), dict(min_area=30)])
 def test_cascades_equal_the_previous_implementation(cases, options):
-    for engine, embedding, masks in cases[:1]:
+    for engine, embedding, masks in cases:
         image = np.random.RandomState(0).randint(0, 255, embedding.original_size + (3,), dtype=np.uint8)
+        options = dict(options)
         current = SAMRefiner(engine, iterations=options.pop("iterations", 3), **options)
-        result = current.refine(image, masks)
+        result = current.refine(image, masks, probabilities=True)
         previous = SAMRefiner(engine, iterations=current.iterations, **options)
-        previous._prompts = lambda emb, m, sim, margin: prompts(previous, emb, m, sim, margin)
-        reference_engine = SamEngine(engine.model)
-        reference_engine.upsample_masks = lambda logits, emb: upsample_masks(reference_engine, logits, emb)
-        previous.engine = reference_engine
-        expected = previous.refine(image, masks)
+        previous._cascade = lambda emb, coarse, sim, margin, keep=False: cascade(previous, emb, coarse, sim, margin, keep)
+        expected = previous.refine(image, masks, probabilities=True)
         np.testing.assert_array_equal(result.masks, expected.masks)
         np.testing.assert_array_equal(result.iou_predictions, expected.iou_predictions)
+        assert result.passed_through == expected.passed_through
+        for new, old in zip(result.probabilities, expected.probabilities):
+            assert (new is None) == (old is None)
+            if new is not None:
+                assert (new.x0, new.y0) == (old.x0, old.y0) and np.array_equal(new.values, old.values)
+
+
+def test_masks_replaced_within_their_extents_equal_whole_image_replacement():
+    """The cascade's bookkeeping: a mask only ever compared and written inside its extent (the rectangle
+    it cannot leave) ends up, and reports changes, exactly as whole-image comparison and copy would."""
+    from refine_hooks.refiners.samrefiner import _replace_if_changed
+
+    rng = np.random.RandomState(0)
+    height, width = 40, 50
+    for _ in range(200):
+        mask = np.zeros((height, width), bool)
+        mask[rng.randint(0, 20) : rng.randint(21, 40), rng.randint(0, 25) : rng.randint(26, 50)] = True
+        extent = masks_to_xyxy(mask[None])[0]
+        for _ in range(6):  # windows that move, shrink, grow, repeat the mask, or hold False borders
+            if rng.rand() < 0.2:
+                ys, xs = np.nonzero(mask)
+                y0, x0 = ys.min() - rng.randint(0, 2) * (ys.min() > 0), xs.min()
+                window = mask[y0 : ys.max() + 1, x0 : xs.max() + 1].copy()
+            else:
+                h, w = rng.randint(1, 25), rng.randint(1, 30)
+                y0, x0 = rng.randint(0, height - h + 1), rng.randint(0, width - w + 1)
+                window = rng.rand(h, w) < rng.choice([0.3, 0.9, 1.0])
+            if not window.any():
+                continue
+            expected = np.zeros_like(mask)
+            expected[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window
+            before = mask.copy()
+            changed = _replace_if_changed(mask, extent, window, (x0, y0))
+            assert changed == (not np.array_equal(before, expected))
+            assert np.array_equal(mask, expected)
+            ys, xs = np.nonzero(mask)
+            assert extent[0] <= xs.min() and extent[1] <= ys.min() and extent[2] >= xs.max() and extent[3] >= ys.max()
