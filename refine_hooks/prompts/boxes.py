@@ -50,7 +50,8 @@ class EmbeddingSimilarity:
         channel_chunk = max(1, max_floats // (height * width))
         for start in range(0, self.valid_features.shape[0], channel_chunk):
             part = self.valid_features[None, start : start + channel_chunk]
-            squared += F.interpolate(part, original_size, mode="bilinear", align_corners=False)[0].pow(2).sum(0)
+            resized = F.interpolate(part, original_size, mode="bilinear", align_corners=False)[0]
+            squared += resized.mul_(resized).sum(0)  # in place: x * x is what pow(2) computes
         self.norm = squared.sqrt()  # H x W
         self.rows, self.cols = resize_map(valid, original_size, features.device)
         # F.interpolate(mode="nearest") reads source index floor(i * in / out).

@@ -211,7 +211,7 @@ class SAMRefiner(Refiner):
         output = masks.copy()
         ious = np.full(count, np.nan, dtype=np.float32)
         soft: Optional[List[Optional[WindowedMap]]] = [None] * count if probabilities else None
-        areas = masks.sum(axis=(1, 2))
+        areas = np.count_nonzero(masks, axis=(1, 2))
         passed = {int(i): PASS_EMPTY for i in np.flatnonzero(areas == 0)}
         passed.update({int(i): PASS_BELOW_MIN_AREA for i in np.flatnonzero((areas > 0) & (areas < self.min_area))})
         todo = np.asarray([i for i in range(count) if i not in passed], dtype=np.int64)
@@ -227,8 +227,13 @@ class SAMRefiner(Refiner):
         chunk = max(1, min(self.engine.decoder_chunk_size, self.max_chunk_pixels // (height * width)))
         for start in range(0, todo.size, chunk):
             indices = todo[start : start + chunk]
-            refined, refined_ious, sam_empty, last_logits = self._cascade(embedding, masks[indices], similarity, margin, probabilities)
-            output[indices] = refined
+            # Consecutive masks are refined in place in the output (no whole-image copies).
+            contiguous = indices[-1] - indices[0] + 1 == indices.size
+            block = output[indices[0] : indices[-1] + 1] if contiguous else masks[indices]
+            refined, refined_ious, sam_empty, last_logits = self._cascade(embedding, block, similarity, margin, probabilities,
+                                                                          in_place=True)
+            if refined is not block or not contiguous:
+                output[indices] = refined
             ious[indices] = refined_ious
             passed.update({int(i): PASS_SAM_EMPTY for i in indices[sam_empty]})
             if probabilities:
@@ -247,9 +252,9 @@ class SAMRefiner(Refiner):
 
     def _cascade(
         self, embedding: ImageEmbedding, coarse: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float,
-        keep_logits: bool = False,
+        keep_logits: bool = False, in_place: bool = False,
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[torch.Tensor]]:
-        """Run the iterations on bool ``n x H x W`` non-empty masks.
+        """Run the iterations on bool ``n x H x W`` non-empty masks (``in_place``: in ``coarse`` itself).
 
         A mask whose SAM output is empty keeps its previous mask and stops iterating. A mask whose output
         equals its input has converged: prompts are a function of the mask alone, so every further
@@ -261,7 +266,7 @@ class SAMRefiner(Refiner):
             gave each returned mask (the last iteration's; a converged mask's last iteration is the one that
             reproduced it), else None.
         """
-        current = coarse.copy()
+        current = coarse if in_place else coarse.copy()
         ious = np.full(len(coarse), np.nan, dtype=np.float32)
         empty_first = np.zeros(len(coarse), dtype=bool)
         last_logits = None
@@ -272,7 +277,8 @@ class SAMRefiner(Refiner):
         for iteration in range(self.iterations):
             with self.timer("mine"):
                 masks = current if active.size == len(current) else current[active]
-                prompts = self._prompts(embedding, masks, similarity, margin)
+                extents[active] = _tight_boxes(masks, extents[active])
+                prompts = self._prompts(embedding, masks, similarity, margin, extents[active])
             with self.timer("decode"):
                 logits, candidate_ious = self.engine.decode(embedding, multimask_output=self.multimask_output, **prompts)
             with self.timer("postprocess"):
@@ -310,10 +316,12 @@ class SAMRefiner(Refiner):
         return self._prompts(embedding, masks, None, 0.0)
 
     def _prompts(
-        self, embedding: ImageEmbedding, masks: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float
+        self, embedding: ImageEmbedding, masks: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float,
+        tight: Optional[np.ndarray] = None,
     ) -> Dict[str, torch.Tensor]:
-        """Decoder prompts for non-empty bool ``n x H x W`` masks (keyword arguments of ``SamEngine.decode``)."""
-        tight = masks_to_xyxy(masks)
+        """Decoder prompts for non-empty bool ``n x H x W`` masks (keyword arguments of ``SamEngine.decode``);
+        ``tight``: their tight boxes when known (int64 ``n x 4``)."""
+        tight = masks_to_xyxy(masks) if tight is None else tight
         depths = [interior_distance(mask, box, self.distance) for mask, box in zip(masks, tight)]
         prompts: Dict[str, torch.Tensor] = {}
         if self.use_point:
@@ -354,3 +362,14 @@ def _replace_if_changed(mask: np.ndarray, extent: np.ndarray, window: np.ndarray
     region[...] = new
     extent[:] = (x0, y0, x0 + window.shape[1] - 1, y0 + window.shape[0] - 1)
     return True
+
+
+def _tight_boxes(masks: np.ndarray, extents: np.ndarray) -> np.ndarray:
+    """int64 ``n x 4`` tight inclusive boxes of non-empty bool ``n x H x W`` masks, each False outside its
+    rectangle in ``extents`` (``n x 4``): found by looking inside the rectangles only."""
+    boxes = np.empty((len(masks), 4), dtype=np.int64)
+    for i, (mask, (x1, y1, x2, y2)) in enumerate(zip(masks, extents)):
+        inside = mask[y1 : y2 + 1, x1 : x2 + 1]
+        rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+        boxes[i] = (x1 + cols[0], y1 + rows[0], x1 + cols[-1], y1 + rows[-1])
+    return boxes

@@ -371,7 +371,7 @@ def test_cascades_equal_the_previous_implementation(cases, options):
         current = SAMRefiner(engine, iterations=options.pop("iterations", 3), **options)
         result = current.refine(image, masks, probabilities=True)
         previous = SAMRefiner(engine, iterations=current.iterations, **options)
-        previous._cascade = lambda emb, coarse, sim, margin, keep=False: cascade(previous, emb, coarse, sim, margin, keep)
+        previous._cascade = lambda emb, coarse, sim, margin, keep=False, in_place=False: cascade(previous, emb, coarse, sim, margin, keep)
         expected = previous.refine(image, masks, probabilities=True)
         np.testing.assert_array_equal(result.masks, expected.masks)
         np.testing.assert_array_equal(result.iou_predictions, expected.iou_predictions)
