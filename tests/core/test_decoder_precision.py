@@ -113,3 +113,14 @@ def test_agreement_counts_identical_masks_and_iou():
     result = benchmark.agreement(masks, reference)  # the third pair: both empty, identical, IoU 1
     assert result["identical_to_fp32"] == pytest.approx(2 / 3, abs=1e-4)
     assert result["mean_iou_to_fp32"] == pytest.approx((1 + 8 / 9 + 1) / 3, abs=1e-6)
+
+
+def test_hq_sam_decoder_runs_in_low_precision_too(scene):
+    from refine_hooks.sam import build_random_sam
+
+    image, masks = scene
+    engine = SamEngine(build_random_sam("tiny_hq"), precision="bf16")
+    result = SAMRefiner(engine, iterations=2).refine(image, masks[:4])
+    assert np.isfinite(result.iou_predictions).all()
+    assert all(p.dtype == torch.bfloat16 for m in engine._low_precision_modules(("transformer", "output_upscaling"), torch.bfloat16)
+               for p in m.parameters())
