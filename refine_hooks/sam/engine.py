@@ -214,32 +214,48 @@ class SamEngine:
 
     @contextlib.contextmanager
     def _decoder_precision(self):
-        """With ``bf16``/``fp16``: the mask decoder's two-way transformer and output upscaling (nearly all of
-        its arithmetic) run in that dtype and hand float32 on; prompt encoding, the hypernetwork MLPs, the
-        mask product and the IoU head stay float32, so thresholds and candidate ranking see float32.
+        """How the mask decoder's two-way transformer and output upscaling (nearly all of its arithmetic) run
+        during one decoder call.
 
-        Without autograd they run as low-precision copies of the two modules (no per-call casts of
-        weights and activations: on CPU that is most of autocast's cost); the copies follow the model's
-        weights (recast when a parameter changes). With autograd (training an adapter) they run under
-        autocast on the model's own modules, so gradients reach them.
+        The transformer gets the image embedding and its positional encoding in channels-last layout: it
+        flattens them to ``B x HW x C`` tokens, which are then contiguous, so its additions and projections
+        stop striding across memory and copying (about 10% of a CPU decoder pass). Every value is the
+        same: only the layout of the inputs changes.
+
+        With ``bf16``/``fp16`` both modules run in that dtype and hand float32 on; prompt encoding, the
+        hypernetwork MLPs, the mask product and the IoU head stay float32, so thresholds and candidate
+        ranking see float32. Without autograd they run as low-precision copies of the two modules (no
+        per-call casts of weights and activations: on CPU that is most of autocast's cost); the copies
+        follow the model's weights (recast when a parameter changes). With autograd (training an adapter)
+        they run under autocast on the model's own modules, so gradients reach them.
         """
         dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            yield
-            return
         decoder = self.model.mask_decoder
         names = ("transformer", "output_upscaling")
-        if torch.is_grad_enabled():
-            replacements = [_autocast_to_float32(getattr(decoder, name).forward, self.device.type, dtype) for name in names]
+        if dtype is None:
+            forwards = [decoder.transformer.forward, decoder.output_upscaling.forward]
+        elif torch.is_grad_enabled():
+            forwards = [_autocast_to_float32(getattr(decoder, name).forward, self.device.type, dtype) for name in names]
         else:
-            replacements = [_cast_to_float32(module, dtype) for module in self._low_precision_modules(names, dtype)]
-        for name, forward in zip(names, replacements):  # an instance attribute shadows the class's forward
+            forwards = [_cast_to_float32(module, dtype) for module in self._low_precision_modules(names, dtype)]
+        forwards[0] = _channels_last_images(forwards[0])
+        for name, forward in zip(names, forwards):  # an instance attribute shadows the class's forward
             getattr(decoder, name).forward = forward
         try:
             yield
         finally:
             for name in names:
                 del getattr(decoder, name).forward
+
+    def _dense_pe(self) -> torch.Tensor:
+        """``prompt_encoder.get_dense_pe()``, computed once (it depends only on the encoder's fixed random
+        projection, a buffer: recomputed when that buffer changes)."""
+        buffer = self.model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        key = (buffer.data_ptr(), buffer._version, buffer.device)
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe_value = self.model.prompt_encoder.get_dense_pe()
+            self._dense_pe_key = key
+        return self._dense_pe_value
 
     def _low_precision_modules(self, names, dtype) -> List[torch.nn.Module]:
         """``dtype`` copies of the named mask-decoder modules, remade when the model's weights changed."""
@@ -255,7 +271,7 @@ class SamEngine:
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         kwargs = dict(
             image_embeddings=embedding.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=self._dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
@@ -318,6 +334,17 @@ class SamEngine:
         new_h, new_w = embedding.input_size
         logits = F.interpolate(logits[..., :new_h, :new_w], embedding.original_size, mode="bilinear", align_corners=False)
         return logits[:, 0]
+
+
+def _channels_last_images(forward):
+    """A two-way-transformer forward that receives ``image_embedding`` and ``image_pe`` (``B x C x H x W``)
+    in channels-last layout (same values)."""
+
+    def wrapped(image_embedding, image_pe, point_embedding):
+        return forward(image_embedding.contiguous(memory_format=torch.channels_last),
+                       image_pe.contiguous(memory_format=torch.channels_last), point_embedding)
+
+    return wrapped
 
 
 def _cast_to_float32(module: torch.nn.Module, dtype: torch.dtype):

@@ -124,3 +124,29 @@ def test_hq_sam_decoder_runs_in_low_precision_too(scene):
     assert np.isfinite(result.iou_predictions).all()
     assert all(p.dtype == torch.bfloat16 for m in engine._low_precision_modules(("transformer", "output_upscaling"), torch.bfloat16)
                for p in m.parameters())
+
+
+@pytest.mark.parametrize("model_type", ["tiny", "tiny_hq", "vit_b"])
+def test_float32_decoding_equals_the_plain_decoder_call_bit_for_bit(model_type):
+    """The engine's layout change (channels-last image tokens) and its cached positional encoding change no
+    value: fp32 results equal SAM's own modules called the plain way."""
+    from refine_hooks.sam import build_random_sam
+
+    model = build_random_sam(model_type)
+    engine = SamEngine(model)
+    image = np.random.RandomState(0).randint(0, 255, (48, 64, 3), dtype=np.uint8)
+    embedding = engine.encode([image])[0]
+    prompts = _prompts(engine.mask_input_size)
+    logits, ious = engine.decode(embedding, **prompts)
+    with torch.no_grad():
+        for i in range(2):
+            coords = engine.scale_coords(prompts["point_coords"][i : i + 1], embedding)
+            box = engine.scale_coords(prompts["boxes"][i : i + 1].reshape(-1, 2, 2), embedding).reshape(-1, 4)
+            sparse, dense = model.prompt_encoder(points=(coords, prompts["point_labels"][i : i + 1]), boxes=box,
+                                                 masks=prompts["mask_inputs"][i : i + 1])
+            kwargs = dict(image_embeddings=embedding.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+            if engine.is_hq:
+                kwargs.update(hq_token_only=False, interm_embeddings=embedding.interm_features)
+            plain_logits, plain_ious = model.mask_decoder(**kwargs)
+            assert torch.equal(logits[i : i + 1], plain_logits) and torch.equal(ious[i : i + 1], plain_ious)
