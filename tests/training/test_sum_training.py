@@ -9,6 +9,8 @@ starts at zero (no change), trains when tasks are mixed, is saved, and the Phoen
 import collections
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ from refine_hooks.training.phoenix.step import LOSS_TERMS
 from refine_hooks.training.phoenix.tasks import ENTITY, PSEUDO, SALIENT_OBJECT
 from refine_hooks.uncertainty import KIND_UNCERTAINTY, MapFile
 from shapes import make_shapes_coco, make_shapes_pairs
-from training_helpers import quick_config
+from training_helpers import REPO, quick_config
 
 SILENT = dict(progress=False, log=lambda message: None, workers=0)
 LOOSE = SelfSupervisedConfig(min_predicted_iou=-1e9, min_stability=0.0)  # a random SAM has no confident mask
@@ -365,3 +367,20 @@ def test_target_uncertainty_needs_unlabeled_data_and_a_known_refiner(shapes_data
     for bad in (str(tmp_path / "absent.json"), '{"type": ', "[1, 2]"):
         with pytest.raises(ValueError, match="--target-uncertainty"):
             load_refiner_config(bad)
+
+
+def test_tool_trains_with_target_uncertainty_and_task_prompt(unlabeled, shapes_data, tiny_sam_file, tmp_path):
+    out = str(tmp_path / "tool.pth")
+    refiner = tmp_path / "refiner.json"
+    refiner.write_text(json.dumps({"type": "SAMRefiner", "iterations": 1}))
+    run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_refiner.py"), "--unlabeled", unlabeled,
+                          "--coco", *shapes_data, "--model-type", "tiny", "--checkpoint", tiny_sam_file, "--out", out,
+                          "--iterations", "1", "--batch-size", "2", "--warmup", "1", "--cascade-steps", "0",
+                          "--workers", "0", "--no-progress", "--noise", "morphological", "--filter-predicted-iou=-1e9",
+                          "--filter-stability", "0", "--target-uncertainty", str(refiner)],
+                         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    state = read_refiner_checkpoint(out)
+    assert state["training"]["target_uncertainty"] == {"type": "SAMRefiner", "iterations": 1}
+    assert state["task_prompt"]["default"] == "entity" and "task prompt on" in run.stdout
+    assert os.path.isfile(os.path.join(out + ".work", certainty_file_name(0, {"type": "SAMRefiner", "iterations": 1})))

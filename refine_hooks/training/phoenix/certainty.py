@@ -48,21 +48,20 @@ _PATH_KEYS = ("checkpoint", "refiner_checkpoint", "iou_adapter")
 def load_refiner_config(text: str, name: str = "--target-uncertainty") -> Dict[str, Any]:
     """A refiner dict from a JSON object (``{"type": "SAMRefiner", "iterations": 3}``) or a JSON file holding
     one; file paths inside it become absolute. Raises ``ValueError`` naming ``name`` and the file or text."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            config = json.loads(stripped)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{name} {text!r} is not valid JSON ({error})") from None
-    else:
-        if not os.path.isfile(text):
-            raise ValueError(f"{name} {text}: no such file (give a JSON object like '{{\"type\": \"SAMRefiner\"}}' or a "
-                             "JSON file holding one)")
+    if os.path.isfile(text):
         try:
             with open(text) as handle:
                 config = json.load(handle)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{name} {text}: cannot read it as JSON ({error})") from None
+    else:
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as error:
+            if text.strip().startswith("{"):
+                raise ValueError(f"{name} {text!r} is not valid JSON ({error})") from None
+            raise ValueError(f"{name} {text}: no such file (give a JSON object like '{{\"type\": \"SAMRefiner\"}}' or a "
+                             "JSON file holding one)") from None
     if not isinstance(config, dict):
         raise ValueError(f"{name} {text}: must be a JSON object like {{\"type\": \"SAMRefiner\"}}")
     for key in _PATH_KEYS:
