@@ -40,9 +40,9 @@ import torch
 
 from ...refiners.samrefiner import SAMRefiner
 from ...resize import apply_to_box
-from ...uncertainty.maps import DEFAULT_THETA
 from ...sam.engine import ImageEmbedding, SamEngine
 from ...timing import NullTimer
+from ...uncertainty.maps import DEFAULT_THETA
 from .amp import guidance_masks, perturb
 from .cmrl import Projector, cmrl_loss
 from .config import TrainingConfig
