@@ -251,6 +251,35 @@ def test_sam_noise_points_follow_the_certainty(tiny_sam_file):
     assert drawn == {(20, 10), (21, 10), (20, 11), (21, 11)}
 
 
+def test_sam_noise_of_a_pseudo_target_draws_its_point_where_the_map_is_certain(sum_run, unlabeled, tiny_sam_file, tmp_path,
+                                                                               monkeypatch):
+    torch.set_num_threads(1)
+    source = unlabeled_source(sum_run, unlabeled)
+    accept = SamNoiseConfig(min_iou_with_target=0.0, min_predicted_iou=-1e9, min_stability=0.0)
+    config = quick_config(noise="sam", sam_noise=accept, hflip=0.5, target_uncertainty=dict(REFINER))
+    trainer = RefinerTrainer(build_sam_model("tiny", tiny_sam_file), [source], config, work_dir=str(tmp_path / "w"), workers=0)
+    samples = trainer.loader.batch(0)
+    for sample in samples:  # certain only in the target's first pixel (row-major)
+        ys, xs = np.nonzero(sample.target)
+        levels = np.full(sample.target.shape, 255, np.uint8)
+        levels[ys[0], xs[0]] = 0
+        sample.uncertainty = WindowedMap(levels, 0, 0)
+    drawn = []
+
+    def recording(engine, embedding, target, rng, noise_config, certainty=None):
+        label = sam_pseudo_label(engine, embedding, target, rng, noise_config, certainty=certainty)
+        drawn.append((target, label.point))
+        return label
+
+    monkeypatch.setattr(step_module, "sam_pseudo_label", recording)
+    counts = collections.defaultdict(float)
+    trainer.step_fn.make_noise(trainer.step_fn.prepare(samples, counts), counts)
+    assert drawn
+    for target, (x, y) in drawn:
+        ys, xs = np.nonzero(target)
+        assert (x, y) == (xs[0], ys[0])  # the one pixel with c > 0
+
+
 # ----------------------------------------------------------------------------- the task prompt
 def test_a_zero_task_embedding_changes_nothing(shapes_data, tiny_sam_file, tmp_path):
     torch.set_num_threads(1)
