@@ -184,7 +184,7 @@ def test_certainty_one_everywhere_changes_no_loss_and_no_gradient(shapes_data, t
     assert len(plain_grads) == len(certain_grads) and all(torch.equal(a, b) for a, b in zip(plain_grads, certain_grads))
     for sample in samples:  # ... while a certainty below 1 does change the loss
         sample.uncertainty = WindowedMap(np.full(sample.target.shape, 100, np.uint8), 0, 0)
-    assert float(trainer.step_fn(samples, 2).loss.detach()) != float(plain.loss)
+    assert float(trainer.step_fn(samples, 2).loss.detach()) != float(plain.loss.detach())
 
 
 def forward(trainer, items):
