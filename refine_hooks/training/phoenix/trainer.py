@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ...files import flatten_settings
 from ...sam.engine import SamEngine
 from ...sam.refiner_weights import TASKS, sam_fingerprint, save_refiner_checkpoint, trained_state
 from ...timing import NullTimer
@@ -228,8 +229,8 @@ class RefinerTrainer:
         }
 
     def load_state_dict(self, state: Dict[str, Any], source: str) -> None:
-        mine = _flatten(self.identity())
-        theirs = _flatten(state["identity"])
+        mine = flatten_settings(self.identity())
+        theirs = flatten_settings(state["identity"])
         differences = sorted(key for key in set(mine) | set(theirs) if mine.get(key) != theirs.get(key))
         if differences:
             shown = "; ".join(f"{key}: {theirs.get(key)!r} there, {mine.get(key)!r} now" for key in differences[:6])
@@ -348,16 +349,6 @@ class RefinerTrainer:
 def _keep_samples(samples):
     """DataLoader ``collate_fn``: an iteration's samples stay a list."""
     return samples
-
-
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.loads(json.dumps(value))
-    return flat
 
 
 # ---------------------------------------------------------------------------------------------- hooks
