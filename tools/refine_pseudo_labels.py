@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="samrefiner (training-free) or phoenix (a trained refiner: needs --refiner-checkpoint)")
     model.add_argument("--refiner-checkpoint", metavar="PATH",
                        help="--refiner phoenix: a checkpoint from tools/train_refiner.py, trained on this SAM")
+    model.add_argument("--task", metavar="TASK",
+                       help="--refiner phoenix: SUM's task prompt of a checkpoint trained on several tasks: pseudo, "
+                            "salient_object, entity (or 0, 1, 2), none; default: the checkpoint's default task")
     model.add_argument("--model-type", default="vit_h", type=cli.model_type,
                        help=f"SAM variant: {cli.model_types_help()} (default vit_h); a tiny-SAM --checkpoint "
                             "carries its own architecture (the log says so)")
@@ -139,6 +142,8 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         refiner_kwargs["iou_adapter"] = os.path.abspath(args.iou_adapter)
     if args.refiner_checkpoint:
         refiner_kwargs["refiner_checkpoint"] = os.path.abspath(args.refiner_checkpoint)
+    if args.task is not None:
+        refiner_kwargs["task"] = args.task
     return JobOptions(
         refiner=args.refiner,
         refiner_kwargs=refiner_kwargs,
@@ -176,6 +181,8 @@ def check_command_line(args: argparse.Namespace) -> None:
         cli.fail("--refiner-checkpoint is for --refiner phoenix")
     if args.refiner == "phoenix" and not args.refiner_checkpoint:
         cli.fail("--refiner phoenix needs --refiner-checkpoint PATH (a checkpoint from tools/train_refiner.py)")
+    if args.task is not None and args.refiner != "phoenix":
+        cli.fail("--task is for --refiner phoenix (a checkpoint trained with SUM's task prompt)")
     cli.require_files(inputs)
     cli.require_directory("--images", args.images)
     suffixes = written_suffixes(args.input)

@@ -5,6 +5,8 @@
     torchrun --nproc_per_node=8 tools/train_refiner.py --coco lvis_v1_train.json coco/ --out phoenix_vit_h.pth
     python tools/train_refiner.py --pairs DIS5K/DIS-TR/im DIS5K/DIS-TR/gt --out phoenix_dis.pth
     python tools/train_refiner.py --unlabeled images/ --out phoenix_selfsup.pth     # no annotations at all
+    python tools/train_refiner.py --unlabeled images/ --coco lvis.json coco/ --target-uncertainty '{"type": "SAMRefiner"}' \
+        --out sum_mixed.pth     # SUM: pseudo-targets weighted by their certainty, a task prompt per source
 
 Then refine with it:  tools/refine_pseudo_labels.py IN --images DIR --out OUT --refiner phoenix --refiner-checkpoint PATH
 Defaults reproduce Phoenix's published settings (README, "Phoenix"). Rerun the same command to resume.
@@ -21,10 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from refine_hooks import cli  # noqa: E402
 from refine_hooks.sam import CheckpointUnavailableError  # noqa: E402
-from refine_hooks.sam.refiner_weights import RefinerCheckpointError  # noqa: E402
+from refine_hooks.refiners import check_refiner_config  # noqa: E402
+from refine_hooks.sam.refiner_weights import RefinerCheckpointError, read_refiner_checkpoint  # noqa: E402
 from refine_hooks.training.phoenix import (  # noqa: E402
     AMPConfig, CMRLConfig, SamNoiseConfig, SelfSupervisedConfig, TrainingConfig, TrainingData, TrainingDataError,
     TrainingResumeError, train_refiner)
+from refine_hooks.training.phoenix.certainty import load_refiner_config  # noqa: E402
 from refine_hooks.training.phoenix.config import CRITERIA, GUIDANCE_KINDS, MASK_ENCODINGS, NOISE_KINDS, PRECISIONS  # noqa: E402
 
 
@@ -75,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--cmrl-weight", type=cli.non_negative_float, default=cmrl.weight, help="λ_CMRL (default 1e-3)")
     method.add_argument("--cmrl-temperature", type=cli.positive_float, default=cmrl.temperature, help="τ of CMRL (default 0.1)")
 
+    sum_ = parser.add_argument_group("SUM's uncertainty-aware training (docs/phoenix.md)")
+    sum_.add_argument("--target-uncertainty", metavar="REFINER_CONFIG",
+                      help="--unlabeled: weight pseudo-targets by SUM's certainty 1 - |sigma(target) - sigma(refined)|, "
+                           "refined by this refiner: a JSON object or a JSON file holding one, e.g. "
+                           "'{\"type\": \"SAMRefiner\", \"iterations\": 3}' or '{\"type\": \"Phoenix\", "
+                           "\"refiner_checkpoint\": \"x.pth\"}' (model_type / checkpoint: the trained SAM's)")
+    sum_.add_argument("--task-prompt", action=argparse.BooleanOptionalAction, default=None,
+                      help="SUM's task prompt, a learned embedding per task (pseudo / salient object / entity) added to "
+                           "the image embedding (default: on when the sources are of more than one task)")
+
     optim = parser.add_argument_group("optimisation (defaults: Phoenix's)")
     optim.add_argument("--iterations", type=cli.positive_int, default=defaults.iterations)
     optim.add_argument("--batch-size", type=cli.positive_int, default=defaults.batch_size, help="global batch over all processes")
@@ -97,12 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    target_uncertainty = load_refiner_config(args.target_uncertainty) if args.target_uncertainty else None
     return TrainingConfig(
         noise=args.noise, p_morph=args.p_morph, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip, prompt_dropout=args.prompt_dropout,
         hflip=args.hflip, colour_jitter=args.colour_jitter, cascade_steps=args.cascade_steps,
         train_prompt_encoder=not args.freeze_prompt_encoder, mask_encoding=args.mask_encoding, min_area=args.min_area,
-        precision=args.precision, seed=args.seed,
+        precision=args.precision, seed=args.seed, target_uncertainty=target_uncertainty, task_prompt=args.task_prompt,
         amp=AMPConfig(num_tokens=args.amp_tokens, step_size=args.amp_step_size, inner_steps=args.amp_steps,
                       max_decays=args.amp_decays, tau_range=tuple(args.amp_tau), guidance=tuple(args.amp_guidance),
                       criterion=args.amp_criterion),
@@ -124,6 +139,16 @@ def check_command_line(args: argparse.Namespace, data: TrainingData) -> None:
     cli.check_output_path("--out", args.out, suffixes=(".pth", ".pt"), what="a refiner checkpoint (torch archive)")
     inputs = {"--coco": [annotations for annotations, _ in data.coco], "--checkpoint": args.checkpoint}
     cli.refuse_overwriting_inputs({"--out": args.out}, inputs)
+    if args.target_uncertainty:
+        if not data.unlabeled:
+            cli.fail("--target-uncertainty weights pseudo-targets by SUM's certainty; it needs --unlabeled IMAGE_DIR "
+                     "(human-labelled targets are trusted everywhere)")
+        refiner = load_refiner_config(args.target_uncertainty)  # ValueError naming the file or text
+        check_refiner_config(refiner, f"--target-uncertainty {args.target_uncertainty}")
+        if refiner.get("type") == "Phoenix":
+            if not refiner.get("refiner_checkpoint"):
+                cli.fail(f"--target-uncertainty {args.target_uncertainty}: a Phoenix refiner needs \"refiner_checkpoint\"")
+            read_refiner_checkpoint(refiner["refiner_checkpoint"])  # RefinerCheckpointError naming the file
 
 
 def main(argv: Optional[List[str]] = None) -> int:

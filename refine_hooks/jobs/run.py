@@ -52,7 +52,7 @@ class RefinerUnavailableError(RuntimeError):
 
 
 def check_refiner_options(options: JobOptions) -> None:
-    """Fail before any work when a trained refiner's checkpoint is missing or unreadable."""
+    """Fail before any work when a trained refiner's checkpoint is missing or unreadable, or has no such task."""
     if options.refiner != "phoenix":
         return
     from ..sam.refiner_weights import RefinerCheckpointError, read_refiner_checkpoint
@@ -62,9 +62,13 @@ def check_refiner_options(options: JobOptions) -> None:
         raise RefinerUnavailableError("--refiner phoenix needs --refiner-checkpoint PATH (a checkpoint written by "
                                       "tools/train_refiner.py)")
     try:
-        read_refiner_checkpoint(path)
+        state = read_refiner_checkpoint(path)
     except RefinerCheckpointError as error:
         raise RefinerUnavailableError(str(error)) from None
+    if "task" in options.refiner_kwargs:
+        from ..refiners.phoenix import resolve_task
+
+        resolve_task(state.get("task_prompt"), options.refiner_kwargs["task"], path)  # ValueError naming both
 
 
 def build_job_refiner(options: JobOptions, ranks: Optional[Ranks] = None) -> Refiner:
@@ -176,7 +180,7 @@ class _Refining:
                 continue
             if hasattr(self.refiner, "refine_with_embedding") and hasattr(self.refiner, "engine"):
                 if item.position not in self.embeddings:
-                    self.embeddings[item.position] = self.refiner.engine.encode([item.image])[0]
+                    self.embeddings[item.position] = self.refiner.encode([item.image])[0]
                 results[i] = self.refiner.refine_with_embedding(self.embeddings[item.position], item.masks, self.refiner.margin, **soft)
             else:
                 results[i] = self.refiner.refine(item.image, item.masks, **soft)

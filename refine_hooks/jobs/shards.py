@@ -20,6 +20,7 @@ import socket
 from typing import Any, Dict, Optional, Set
 
 from ..data.annotations import atomic_write
+from ..files import flatten_settings
 from ..uncertainty.sidecar import KIND_UNCERTAINTY, MapEntry, MapFile, write_map_file
 
 MANIFEST = "manifest.json"
@@ -31,16 +32,6 @@ _MAPS_PREFIX = "maps-"
 
 class WorkDirMismatchError(RuntimeError):
     """A half-done job in the work directory was started with other inputs or options."""
-
-
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def work_dir_for(output_path: str) -> str:
@@ -72,7 +63,7 @@ class WorkDir:
         if os.path.exists(self.manifest_path):
             with open(self.manifest_path) as handle:
                 existing = json.load(handle)
-            old, new = _flatten(existing), _flatten(manifest)
+            old, new = flatten_settings(existing), flatten_settings(manifest)
             changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
             if changed and not self.done_chunks():
                 existing = None  # nothing was done under the old manifest: start afresh

@@ -2,7 +2,7 @@
 
 from .base import PASS_BELOW_MIN_AREA, PASS_EMPTY, PASS_SAM_EMPTY, Refiner, RefineResult, check_image_and_masks
 from .phoenix import Phoenix, build_phoenix
-from .registry import REFINER_BUILDERS, build_refiner, build_samrefiner
+from .registry import REFINER_BUILDERS, build_refiner, build_samrefiner, check_refiner_config, refiner_options
 from .samrefiner import SAMRefiner
 
 __all__ = [
@@ -17,5 +17,7 @@ __all__ = [
     "build_phoenix",
     "build_refiner",
     "build_samrefiner",
+    "check_refiner_config",
     "check_image_and_masks",
+    "refiner_options",
 ]

@@ -13,18 +13,48 @@ SAMRefiner's ``distance`` Gaussian) and the prompt switches; the box is always t
 elastic box: the model was trained on tight boxes). SUM-style checkpoints (trained with ``--noise sam``)
 run through the same class. Everything else (pass-through rules, batching, memory bounds, devices,
 convergence stop, result records) is SAMRefiner's.
+
+A checkpoint trained on sources of several segmentation tasks carries SUM's task prompt (``shared/papers/
+sum.txt`` Sec. 3.2.4): one learned embedding per task (0 pseudo, 1 salient object, 2 entity), added
+element-wise to the image embedding. The ``task`` option picks it (default: the checkpoint's default task,
+the human-labelled task it saw most). It is added right after encoding, so it reaches every cascade
+iteration, as in training (the trainer adds it to every decoder call); SUM adds it in the first
+interactive round only (its "Continuous TP" ablation, Table 2, is the every-round variant), but SUM's later
+rounds get new click prompts, while a cascade iteration gets nothing new that says which task it is.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
 
 from ..files import file_sha256
 from ..sam import SamEngine, build_sam_model
-from ..sam.refiner_weights import load_refiner_weights, read_refiner_checkpoint, sam_fingerprint
+from ..sam.engine import ImageEmbedding
+from ..sam.refiner_weights import load_refiner_weights, read_refiner_checkpoint, sam_fingerprint, task_index
 from .samrefiner import SAMRefiner
+
+DEFAULT_TASK = "default"  # the checkpoint's default task (none when it has no task prompt)
+NO_TASK = "none"  # no task embedding, even when the checkpoint has some
+
+
+def resolve_task(prompt: Optional[Mapping[str, Any]], task: Union[str, int], where: str) -> Optional[int]:
+    """The task id the ``task`` option picks from a checkpoint's ``task_prompt`` (None: no task embedding).
+
+    Raises:
+        ValueError: an unknown task, or a task asked of a checkpoint without a task prompt; names ``where``.
+    """
+    if str(task) == NO_TASK or (str(task) == DEFAULT_TASK and prompt is None):
+        return None
+    if prompt is None:
+        raise ValueError(f"task {task!r}: {where} was trained without a task prompt (sources of one task only); "
+                         f"drop the task option or give {NO_TASK!r}")
+    name = prompt["default"] if str(task) == DEFAULT_TASK else task
+    return task_index(name, prompt["tasks"], source=f"task of {where}")
 
 
 class Phoenix(SAMRefiner):
@@ -37,6 +67,8 @@ class Phoenix(SAMRefiner):
         checkpoint_id: names the checkpoint in :attr:`config` (a path and its sha256).
         iterations: cascade length (Phoenix: 5).
         multimask_output: decode 3 candidates and keep the highest predicted IoU (Phoenix B.3).
+        task: SUM's task prompt (module docstring): a task of the checkpoint by name (``pseudo``,
+            ``salient_object``, ``entity``) or id, ``default`` (the checkpoint's default) or ``none``.
         min_area, max_chunk_pixels, encoder_batch_size, timer: as :class:`SAMRefiner`.
     """
 
@@ -48,6 +80,7 @@ class Phoenix(SAMRefiner):
         checkpoint_id: Optional[Dict[str, Any]] = None,
         iterations: int = 5,
         multimask_output: bool = True,
+        task: Union[str, int] = DEFAULT_TASK,
         min_area: int = 1,
         max_chunk_pixels: int = 1 << 26,
         encoder_batch_size: int = 1,
@@ -75,6 +108,25 @@ class Phoenix(SAMRefiner):
         )
         self.kind = str(checkpoint_state.get("kind", "phoenix"))
         self.checkpoint_id = dict(checkpoint_id or {})
+        prompt = checkpoint_state.get("task_prompt")
+        index = resolve_task(prompt, task, self.checkpoint_id.get("path", "the refiner checkpoint"))
+        self.task = None if index is None else str(prompt["tasks"][index])
+        self.task_vector = None if index is None else prompt["embedding"][index].to(engine.device, torch.float32)
+
+    def encode(self, images: Sequence[np.ndarray]) -> List[ImageEmbedding]:
+        """SAM's image embeddings plus the task embedding, when there is one (SUM Sec. 3.2.4; every cascade
+        iteration decodes from them)."""
+        embeddings = super().encode(images)
+        if self.task_vector is not None:
+            for embedding in embeddings:
+                embedding.features = embedding.features + self.task_vector.reshape(1, -1, 1, 1)
+        return embeddings
+
+    def to(self, device) -> "Phoenix":
+        super().to(device)
+        if self.task_vector is not None:
+            self.task_vector = self.task_vector.to(self.engine.device)
+        return self
 
     @classmethod
     def hyper_parameters(cls) -> Dict[str, object]:
@@ -86,6 +138,8 @@ class Phoenix(SAMRefiner):
     def config(self) -> Dict[str, object]:
         config = super().config
         config.update({"type": "Phoenix", "kind": self.kind, "refiner_checkpoint": self.checkpoint_id})
+        if self.task is not None:
+            config["task"] = self.task
         return config
 
 

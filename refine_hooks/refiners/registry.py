@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, Mapping, Union
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from ..sam import SamEngine, build_sam_model
 from ..sam.iou_adaption import load_iou_adapter
 from .base import Refiner
-from .phoenix import build_phoenix
+from .phoenix import Phoenix, build_phoenix
 from .samrefiner import SAMRefiner
 
 
@@ -38,6 +39,33 @@ def build_samrefiner(
 
 
 REFINER_BUILDERS: Dict[str, Callable[..., Refiner]] = {"SAMRefiner": build_samrefiner, "Phoenix": build_phoenix}
+# The class each builder's ``**hyper_parameters`` go to (their names are its ``hyper_parameters()``).
+_REFINER_CLASSES = {"SAMRefiner": SAMRefiner, "Phoenix": Phoenix}
+
+
+def refiner_options(kind: str) -> Dict[str, Any]:
+    """``{name: default}`` of every key a :func:`build_refiner` dict of type ``kind`` may hold (besides ``type``)."""
+    if kind not in REFINER_BUILDERS:
+        raise KeyError(f"unknown refiner type {kind!r}; available: {', '.join(REFINER_BUILDERS)}")
+    options = {name: p.default for name, p in inspect.signature(REFINER_BUILDERS[kind]).parameters.items()
+               if p.kind != p.VAR_KEYWORD}
+    if kind in _REFINER_CLASSES:
+        options.update(_REFINER_CLASSES[kind].hyper_parameters())
+    return options
+
+
+def check_refiner_config(config: Any, name: str = "refiner config") -> None:
+    """Raise ``ValueError`` naming the problem unless ``config`` is a :func:`build_refiner` dict of a known type
+    whose keys the refiner takes; nothing is built (no model is loaded)."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{name} must be a JSON object like {{\"type\": \"SAMRefiner\"}}, got {type(config).__name__}")
+    kind = config.get("type", "SAMRefiner")
+    if kind not in REFINER_BUILDERS:
+        raise ValueError(f"{name}: unknown refiner type {kind!r}; available: {', '.join(REFINER_BUILDERS)}")
+    unknown = sorted(set(config) - set(refiner_options(kind)) - {"type"})
+    if unknown:
+        raise ValueError(f"{name}: {kind} takes no {', '.join(map(repr, unknown))} (options: "
+                         f"{', '.join(sorted(refiner_options(kind)))})")
 
 
 def build_refiner(config: Mapping[str, Any]) -> Refiner:

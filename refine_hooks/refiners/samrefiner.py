@@ -164,7 +164,7 @@ class SAMRefiner(Refiner):
         for image, image_masks in zip(images, masks):
             check_image_and_masks(image, image_masks)
         with self.timer("encode"):
-            embeddings = self.engine.encode(images, batch_size=self.encoder_batch_size)
+            embeddings = self.encode(images)
         return [self.refine_with_embedding(e, m, self.margin, probabilities=probabilities) for e, m in zip(embeddings, masks)]
 
     def refine_semantic(self, image: np.ndarray, masks: np.ndarray) -> RefineResult:
@@ -183,7 +183,7 @@ class SAMRefiner(Refiner):
         """
         check_image_and_masks(image, masks)
         with self.timer("encode"):
-            embedding = self.engine.encode([image])[0]
+            embedding = self.encode([image])[0]
         regions, owners = [], []
         passed: Dict[int, str] = {}
         for index, mask in enumerate(masks):
@@ -204,6 +204,11 @@ class SAMRefiner(Refiner):
         return RefineResult(masks=output, iou_predictions=ious, passed_through=passed)
 
     # ------------------------------------------------------------------ internals
+    def encode(self, images: Sequence[np.ndarray]) -> List[ImageEmbedding]:
+        """The image embeddings the decoder is run on (one per uint8 ``H x W x 3`` image); callers that refine
+        mask groups of an image separately (:meth:`refine_with_embedding`) encode through it too."""
+        return self.engine.encode(images, batch_size=self.encoder_batch_size)
+
     def refine_with_embedding(self, embedding: ImageEmbedding, masks: np.ndarray, margin: float, *,
                               probabilities: bool = False) -> RefineResult:
         """Refine bool ``N x H x W`` masks of an already encoded image (see :class:`RefineResult`)."""

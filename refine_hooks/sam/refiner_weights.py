@@ -6,6 +6,10 @@ checkpoint holds just those, plus what inference must reproduce exactly (the mas
 the prompt settings it was trained with), the training configuration, and the fingerprint of the SAM
 whose frozen encoder it was trained on. Loading it onto another SAM stops with an error naming both
 fingerprints: the decoder of ViT-B, -L and -H have the same shapes, so nothing else would notice.
+
+A refiner trained on sources of several segmentation tasks also holds SUM's task prompt (Sec. 3.2.4): one
+learned embedding per task, added to the image embedding (key ``task_prompt``, absent otherwise; older
+checkpoints have none and load as before).
 """
 
 from __future__ import annotations
@@ -13,13 +17,31 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 REFINER_FORMAT = "refine_hooks.refiner_checkpoint/1"
 TRAINED_MODULES = ("prompt_encoder", "mask_decoder")
+# SUM's task ids (Sec. 3.2.4, Figure 2): 0 unlabeled data (pseudo-labels), 1 salient-object segmentation,
+# 2 entity segmentation.
+TASKS = ("pseudo", "salient_object", "entity")
+
+
+def task_index(task: Union[str, int], tasks: Sequence[str] = TASKS, source: str = "task") -> int:
+    """The id of ``task``: one of ``tasks`` by name, or its id (an int or a string of digits).
+
+    Raises:
+        ValueError: naming ``source`` and the choices.
+    """
+    text = str(task).strip()
+    if text.isdigit() and int(text) < len(tasks):
+        return int(text)
+    if text in tasks:
+        return list(tasks).index(text)
+    choices = ", ".join(f"{i} {name}" for i, name in enumerate(tasks))
+    raise ValueError(f"{source}: unknown task {task!r}; the tasks are {choices}")
 
 
 class RefinerCheckpointError(ValueError):
@@ -63,6 +85,7 @@ def save_refiner_checkpoint(
     prompts: Mapping[str, Any],
     training: Mapping[str, Any],
     sam: Mapping[str, Any],
+    task_prompt: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write a refiner checkpoint atomically (a crash never leaves a half-written file under ``path``).
 
@@ -74,6 +97,8 @@ def save_refiner_checkpoint(
         prompts: ``{"use_point": bool, "use_box": bool, "add_negative": bool}``.
         training: the training configuration (JSON-ready).
         sam: what the SAM was (``model_type``, ``checkpoint``), for messages.
+        task_prompt: SUM's task prompt when the refiner was trained with one: ``{"embedding": float
+            num_tasks x C, "tasks": names, "default": the name inference uses unless told}``.
     """
     unknown = [key for key in weights if key.split(".", 1)[0] not in TRAINED_MODULES]
     if unknown:
@@ -90,6 +115,12 @@ def save_refiner_checkpoint(
         "training": dict(training),
         "weights": {key: tensor.detach().to("cpu") for key, tensor in weights.items()},
     }
+    if task_prompt is not None:
+        embedding = task_prompt["embedding"].detach().to("cpu", torch.float32)
+        tasks = [str(name) for name in task_prompt["tasks"]]
+        if embedding.dim() != 2 or embedding.shape[0] != len(tasks) or task_prompt["default"] not in tasks:
+            raise ValueError(f"a task prompt needs one embedding row per task and a default among {tasks}")
+        state["task_prompt"] = {"embedding": embedding, "tasks": tasks, "default": str(task_prompt["default"])}
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -21,7 +21,7 @@ from refine_hooks.data.images import load_image  # noqa: E402
 from refine_hooks.detectron2 import add_refiner_config  # noqa: E402
 from refine_hooks.refiners import build_refiner  # noqa: E402
 from tiny_coco import make_tiny_coco  # noqa: E402
-from tiny_refiner import train_tiny_refiner  # noqa: E402
+from tiny_refiner import train_tiny_refiner, with_task_prompt  # noqa: E402
 
 
 def test_refined_meta_arch_runs_a_phoenix_checkpoint(tmp_path):
@@ -29,7 +29,8 @@ def test_refined_meta_arch_runs_a_phoenix_checkpoint(tmp_path):
     json_file = make_tiny_coco(root, num_images=2, seed=0)
     name = f"refine_hooks_phoenix_{os.getpid()}"
     register_coco_instances(name, {}, json_file, os.path.join(root, "images"))
-    checkpoint = train_tiny_refiner(str(tmp_path / "refiner"))
+    # with SUM's task prompt (MODEL.REFINER.PHOENIX.TASK picks its row)
+    checkpoint = with_task_prompt(train_tiny_refiner(str(tmp_path / "refiner")), str(tmp_path / "task.pth"))
     try:
         cfg = get_cfg()
         add_refiner_config(cfg)
@@ -45,6 +46,8 @@ def test_refined_meta_arch_runs_a_phoenix_checkpoint(tmp_path):
         cfg.MODEL.REFINER.MODEL_TYPE = "tiny"
         cfg.MODEL.REFINER.REFINER_CHECKPOINT = checkpoint
         cfg.MODEL.REFINER.PHOENIX.ITERATIONS = 2
+        assert cfg.MODEL.REFINER.PHOENIX.TASK == "default"
+        cfg.MODEL.REFINER.PHOENIX.TASK = "salient_object"
         cfg.MODEL.REFINER.KEEP_UNREFINED = True
         torch.manual_seed(0)
         model = build_model(cfg).eval()
@@ -56,12 +59,18 @@ def test_refined_meta_arch_runs_a_phoenix_checkpoint(tmp_path):
         inputs = [mapper(copy.deepcopy(record)) for record in DatasetCatalog.get(name)]
         with torch.no_grad():
             outputs = model(inputs)
-        refiner = build_refiner(dict(type="Phoenix", model_type="tiny", refiner_checkpoint=checkpoint, iterations=2))
+        refiner = build_refiner(dict(type="Phoenix", model_type="tiny", refiner_checkpoint=checkpoint, iterations=2,
+                                     task="salient_object"))
+        other = build_refiner(dict(type="Phoenix", model_type="tiny", refiner_checkpoint=checkpoint, iterations=2))
+        differs = False
         for record, output in zip(inputs, outputs):
             instances = output["instances"]
             assert len(instances) > 0 and bool(instances.refined.any())
             expected = refiner.refine(load_image(record["file_name"]), instances.unrefined_masks.numpy())
             np.testing.assert_array_equal(instances.pred_masks.numpy(), expected.masks)
+            entity = other.refine(load_image(record["file_name"]), instances.unrefined_masks.numpy())
+            differs |= not np.array_equal(entity.masks, expected.masks)
+        assert differs  # the task the config names is the one used
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

@@ -165,9 +165,10 @@ def test_mask_size_mismatch_and_unknown_image_name_the_record(coco_dataset, tiny
             assert annotation["bbox"] == mask_to_xywh(mask) and annotation["area"] == int(mask.sum())
 
 
-def test_phoenix_is_refused_before_reading_anything(tmp_path):
-    with pytest.raises(RefinerUnavailableError, match="not available yet"):
+def test_phoenix_without_a_refiner_checkpoint_is_refused_before_reading_anything(tmp_path):
+    with pytest.raises(RefinerUnavailableError, match="--refiner-checkpoint"):
         refine_annotation_file(str(tmp_path / "absent.json"), str(tmp_path), str(tmp_path / "o.json"), JobOptions(refiner="phoenix"))
+    assert not (tmp_path / "o.json.work").exists()
 
 
 def test_min_area_passes_small_masks_through(coco_dataset, tiny_checkpoint, tmp_path):

@@ -15,7 +15,7 @@ from refine_hooks.data.masks import segmentation_to_mask
 from refine_hooks.jobs import JobOptions, RefinerUnavailableError, refine_annotation_file
 from refine_hooks.jobs.worker import INFO_KEY
 from refine_hooks.refiners import build_refiner
-from tiny_refiner import train_tiny_refiner
+from tiny_refiner import train_tiny_refiner, with_task_prompt
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,9 +25,13 @@ def refiner_checkpoint(tmp_path_factory):
     return train_tiny_refiner(str(tmp_path_factory.mktemp("phoenix")))
 
 
-def test_job_refines_with_the_checkpoint_as_the_refiner_does(coco_dataset, tiny_checkpoint, refiner_checkpoint, tmp_path):
+@pytest.mark.parametrize("task", [None, "salient_object"])
+def test_job_refines_with_the_checkpoint_as_the_refiner_does(coco_dataset, tiny_checkpoint, refiner_checkpoint, tmp_path, task):
     out = str(tmp_path / "refined.json")
-    options = JobOptions(refiner="phoenix", refiner_kwargs={"refiner_checkpoint": refiner_checkpoint, "iterations": 2},
+    kwargs = {"refiner_checkpoint": refiner_checkpoint, "iterations": 2}
+    if task is not None:  # SUM's task prompt (--task): a checkpoint with one, and the row the job is told
+        kwargs = dict(kwargs, refiner_checkpoint=with_task_prompt(refiner_checkpoint, str(tmp_path / "task.pth")), task=task)
+    options = JobOptions(refiner="phoenix", refiner_kwargs=kwargs,
                          model_type="tiny", checkpoint=tiny_checkpoint, workers=0, chunk_size=2, progress=False)
     summary = refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], out, options)
     assert summary.complete
@@ -35,8 +39,8 @@ def test_job_refines_with_the_checkpoint_as_the_refiner_does(coco_dataset, tiny_
         result = json.load(handle)
     source = coco_dataset["data"]
     assert len(result["annotations"]) == len(source["annotations"])
-    refiner = build_refiner(dict(type="Phoenix", model_type="tiny", checkpoint=tiny_checkpoint,
-                                 refiner_checkpoint=refiner_checkpoint, iterations=2))
+    refiner = build_refiner(dict(type="Phoenix", model_type="tiny", checkpoint=tiny_checkpoint, **kwargs))
+    assert refiner.task == task
     image = source["images"][0]
     records = [a for a in result["annotations"] if a["image_id"] == image["id"] and a[INFO_KEY]["status"] == "refined"]
     coarse = [a for a in source["annotations"] if a["id"] in {r["id"] for r in records}]

@@ -118,7 +118,7 @@ def test_options_the_checkpoint_decides_are_refused(tiny_sam_file, refiner_file)
         phoenix(tiny_sam_file, refiner_file, iou_adapter="x.pth")
     with pytest.raises(ValueError, match="refiner_checkpoint"):
         build_refiner(dict(type="Phoenix", model_type="tiny"))
-    assert set(Phoenix.hyper_parameters()) == {"iterations", "multimask_output", "min_area", "max_chunk_pixels",
+    assert set(Phoenix.hyper_parameters()) == {"iterations", "multimask_output", "task", "min_area", "max_chunk_pixels",
                                                "encoder_batch_size"}
 
 

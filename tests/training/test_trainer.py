@@ -116,7 +116,7 @@ def test_two_ranks_with_torchrun_equal_one_process(shapes_data, tiny_sam_file, t
     moved = max(float((a[k] - initial[k]).abs().max()) for k in a)
     assert moved > 1e-5  # training changed the weights ...
     for key in a:  # ... and both runs changed them alike, up to the order of floating-point sums
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
 def test_embedding_cache_changes_nothing_but_speed(shapes_data, tiny_sam_file, tmp_path):

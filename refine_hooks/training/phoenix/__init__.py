@@ -5,7 +5,8 @@ perturbation + contrastive mask refinement learning) and SUM's mask-refinement m
 appendix D. Modules: :mod:`.config` (settings), :mod:`.amp` (Algorithm 1), :mod:`.cmrl` (Algorithm 2),
 :mod:`.noise` (morphological and SAM pseudo-label noise), :mod:`.decoder` (SAM's decoder with gradients),
 :mod:`.step` (one step's loss), :mod:`.trainer` (the loop, checkpoints, hooks), :mod:`.data` (sources),
-:mod:`.embeddings` (cache), :mod:`.run` (``train_refiner``).
+:mod:`.embeddings` (cache), :mod:`.run` (``train_refiner``), :mod:`.certainty` (SUM's uncertainty maps of
+pseudo-targets, ``sum.txt`` Sec. 3.2.1-3.2.3), :mod:`.tasks` (SUM's task prompt, Sec. 3.2.4).
 """
 
 from .config import AMPConfig, CMRLConfig, SamNoiseConfig, SelfSupervisedConfig, TrainingConfig

@@ -18,6 +18,11 @@ correct pixels of the other class for inter (eq. 2 prints a log-sum-exp over F �
 class; PHOENIX_FACTS: follow Algorithm 2). Up to 256 pixels are drawn uniformly per region (512 for the
 self term's sets). An empty anchor or positive set contributes zero (never NaN) and no gradient.
 Pixels in SAM's padding (outside the image) belong to no region and are not in Ω (DECISION).
+
+With SUM's certainty map of a pseudo-target (``--target-uncertainty``), pixels whose target label is not
+trusted (c <= θ = 0.6, SUM eq. 2's rule) belong to no region either: which region a pixel is in says
+whether its label was reproduced, and that is unknown there. They stay in Ω, which does not depend on
+labels (DECISION).
 """
 
 from __future__ import annotations
@@ -96,7 +101,8 @@ def repulsion(anchors: torch.Tensor, opposite: torch.Tensor, temperature: float)
 
 
 def cmrl_loss(projected: torch.Tensor, target: torch.Tensor, noisy: torch.Tensor, refined: torch.Tensor,
-              valid: torch.Tensor, config: CMRLConfig, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+              valid: torch.Tensor, config: CMRLConfig, generator: torch.Generator,
+              certain: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """The three CMRL terms and their weighted sum for one image (Algorithm 2, step 3).
 
     Args:
@@ -104,11 +110,13 @@ def cmrl_loss(projected: torch.Tensor, target: torch.Tensor, noisy: torch.Tensor
         target, noisy, refined: ``h x w`` masks (bool, or float binarised at 0.5).
         valid: bool ``h x w``: the pixels of the image (Ω).
         generator: draws the pixel samples (CPU generator).
+        certain: bool ``h x w``, the pixels whose target label is trusted (SUM: c > θ); None: all.
 
     Returns:
         ``{"intra", "inter", "self", "total"}`` scalars, ``total = 0.4 intra + 0.4 inter + 0.2 self``.
     """
-    regions = {name: region.flatten() for name, region in cmrl_regions(target, noisy, refined, valid).items()}
+    labelled = valid if certain is None else valid & certain
+    regions = {name: region.flatten() for name, region in cmrl_regions(target, noisy, refined, labelled).items()}
     features = projected.flatten(1).T  # (h w) x c
     everything = features[valid.flatten()]
     per_region, per_set = config.samples_per_region, config.self_samples

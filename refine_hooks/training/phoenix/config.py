@@ -105,6 +105,12 @@ class TrainingConfig:
         seed: every random draw derives from it, the iteration and the sample's place in the batch.
         batch_invariant: decode each sample alone (results independent of batch composition; the CPU
             default, as :class:`~refine_hooks.sam.SamEngine`).
+        target_uncertainty: a :func:`~refine_hooks.refiners.build_refiner` dict (``model_type`` / ``checkpoint``
+            default to the trained SAM's): pseudo-targets (``--unlabeled``) get SUM's certainty map from it
+            (Sec. 3.2.1-3.2.3): uncertainty-aware focal and Dice losses, UA prompt sampling for ``sam`` noise,
+            uncertain pixels left out of CMRL's regions and the IoU target. None: every target is certain.
+        task_prompt: SUM's task prompt (Sec. 3.2.4): a learned embedding per task added to the image
+            embedding; None: on when the sources are of more than one task.
     """
 
     noise: str = "adversarial"
@@ -134,6 +140,8 @@ class TrainingConfig:
     precision: str = "fp32"
     seed: int = 0
     batch_invariant: Optional[bool] = None
+    target_uncertainty: Optional[Dict[str, Any]] = None  # SUM Sec. 3.2.1-3.2.3
+    task_prompt: Optional[bool] = None  # SUM Sec. 3.2.4; None: auto
     amp: AMPConfig = dataclasses.field(default_factory=AMPConfig)
     cmrl: CMRLConfig = dataclasses.field(default_factory=CMRLConfig)
     sam_noise: SamNoiseConfig = dataclasses.field(default_factory=SamNoiseConfig)
@@ -158,6 +166,10 @@ class TrainingConfig:
             raise ValueError("lr, grad_clip and mask_strength must be > 0, colour_jitter >= 0")
         self.amp.validate()
         self.cmrl.validate()
+        if self.target_uncertainty is not None:
+            from ...refiners.registry import check_refiner_config
+
+            check_refiner_config(self.target_uncertainty, "target_uncertainty (--target-uncertainty)")
 
     @property
     def kind(self) -> str:

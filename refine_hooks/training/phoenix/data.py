@@ -9,7 +9,11 @@ Three kinds of source, any number of each in one run:
   (``im/*.jpg`` + ``gt/*.png``) and ThinObject-5K (``images/`` + ``masks/``) ship; one target per image,
   mask pixels > 127 are foreground.
 - :class:`UnlabeledSource`: images only; targets are SAM's confident masks (Phoenix's self-supervised mode,
-  A.1 / B.4), generated once by :func:`generate_pseudo_targets` into a file that is reused.
+  A.1 / B.4), generated once by :func:`generate_pseudo_targets` into a file that is reused; with
+  ``--target-uncertainty`` each pseudo-target also has SUM's uncertainty map (:mod:`.certainty`).
+
+Each source has SUM's task id (Sec. 3.2.4, :mod:`.tasks`): COCO / LVIS entity (2), image/mask folders
+salient object (1), unlabeled pseudo (0); a constructor's ``task=`` overrides it.
 
 A sample is one target of one image. Which sample fills slot ``j`` of iteration ``i`` depends only on the
 seed, ``i``, ``j`` and the list of targets (:func:`sample_refs`), and every random draw of a sample comes
@@ -30,7 +34,9 @@ import torch
 from ...data.annotations import image_file_name
 from ...data.images import ImageReadError, load_image, read_image_size
 from ...data.masks import segmentation_to_mask
+from ...data.windows import WindowedMap
 from .config import SelfSupervisedConfig
+from .tasks import ENTITY, PSEUDO, SALIENT_OBJECT
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -54,6 +60,7 @@ class Source:
 
     name: str = "source"
     images: List[str]
+    task: int = ENTITY  # SUM's task id (Sec. 3.2.4)
 
     def target_count(self, image: int) -> int:
         raise NotImplementedError
@@ -64,6 +71,11 @@ class Source:
 
     def expected_size(self, image: int) -> Optional[Tuple[int, int]]:
         """The size the source says the image has, when it says one."""
+        return None
+
+    def load_uncertainty(self, image: int, target: int, height: int, width: int) -> Optional[WindowedMap]:
+        """SUM's uncertainty map of a target as uint8 levels ``u = level / 255`` on a window (0 outside),
+        or None: the target is certain (human labels)."""
         return None
 
     def refs(self, source_index: int) -> List[TargetRef]:
@@ -101,8 +113,11 @@ class Source:
 class CocoSource(Source):
     """Every non-crowd annotation of a COCO- or LVIS-format file is a target (see the module docstring)."""
 
-    def __init__(self, annotation_file: str, image_root: str):
+    task = ENTITY
+
+    def __init__(self, annotation_file: str, image_root: str, task: Optional[int] = None):
         self.name = annotation_file
+        self.task = self.task if task is None else int(task)
         try:
             with open(annotation_file) as handle:
                 data = json.load(handle)
@@ -165,8 +180,11 @@ def _by_stem(folder: str) -> Dict[str, str]:
 class FolderPairSource(Source):
     """Images and masks paired by file name (see the module docstring); one target per image."""
 
-    def __init__(self, image_dir: str, mask_dir: str):
+    task = SALIENT_OBJECT
+
+    def __init__(self, image_dir: str, mask_dir: str, task: Optional[int] = None):
         self.name = f"{image_dir} + {mask_dir}"
+        self.task = self.task if task is None else int(task)
         images, masks = _by_stem(image_dir), _by_stem(mask_dir)
         unpaired = sorted(set(images) ^ set(masks))
         if unpaired:
@@ -199,20 +217,49 @@ class FolderPairSource(Source):
 
 
 class UnlabeledSource(Source):
-    """Images whose targets are SAM's confident masks, read from a file of :func:`generate_pseudo_targets`."""
+    """Images whose targets are SAM's confident masks, read from a file of :func:`generate_pseudo_targets`.
 
-    def __init__(self, image_dir: str, targets_file: str):
+    Pseudo-target ``k`` of the file (counted over all its images in order) is key ``k`` of the uncertainty
+    map file :meth:`attach_uncertainty` names (:func:`.certainty.compute_target_uncertainty`).
+    """
+
+    task = PSEUDO
+
+    def __init__(self, image_dir: str, targets_file: str, task: Optional[int] = None):
         self.name = f"{image_dir} (pseudo-targets {targets_file})"
+        self.task = self.task if task is None else int(task)
         with open(targets_file) as handle:
             targets = json.load(handle)["images"]
         self.without_targets = sum(1 for entry in targets if not entry["masks"])
-        kept = [entry for entry in targets if entry["masks"]]
-        self.images = [os.path.join(image_dir, entry["file_name"]) for entry in kept]
-        self.rles = [entry["masks"] for entry in kept]
+        firsts = np.cumsum([0] + [len(entry["masks"]) for entry in targets])[:-1]
+        kept = [i for i, entry in enumerate(targets) if entry["masks"]]
+        self.images = [os.path.join(image_dir, targets[i]["file_name"]) for i in kept]
+        self.rles = [targets[i]["masks"] for i in kept]
+        self.first_keys = [int(firsts[i]) for i in kept]
+        self.uncertainty = None  # a MapFile once attached
 
     def _keep(self, keep: List[int]) -> None:
         super()._keep(keep)
         self.rles = [self.rles[i] for i in keep]
+        self.first_keys = [self.first_keys[i] for i in keep]
+
+    def attach_uncertainty(self, path: str) -> None:
+        """Read the targets' uncertainty maps from the map file ``path`` from now on."""
+        from ...uncertainty.sidecar import KIND_UNCERTAINTY, MapFile
+
+        self.uncertainty = MapFile(path, kind=KIND_UNCERTAINTY)
+
+    def load_uncertainty(self, image: int, target: int, height: int, width: int) -> Optional[WindowedMap]:
+        if self.uncertainty is None:
+            return None
+        key = self.first_keys[image] + target
+        if key not in self.uncertainty:  # the refiner passed the target through (e.g. its output was empty)
+            return None
+        if self.uncertainty.image_size(key) != (height, width):
+            size = self.uncertainty.image_size(key)
+            raise TrainingDataError(f"{self.uncertainty.path}: the map of pseudo-target {key} is for a {size[0]}x{size[1]} "
+                                    f"image, {self.images[image]} is {height}x{width}; remove the file to compute it again")
+        return self.uncertainty.levels(key)
 
     def refs(self, source_index: int) -> List[TargetRef]:
         return [TargetRef(source_index, i, -1) for i in range(len(self.images))]
@@ -325,6 +372,9 @@ class Sample:
         ref, seeds: which sample it is.
         flipped: horizontally flipped.
         path: the image file (for messages).
+        uncertainty: the target's uncertainty map (uint8 levels ``u = level / 255`` on a window, 0 outside;
+            flipped with the sample), or None: certain.
+        task: SUM's task id of the sample's source.
     """
 
     image: np.ndarray
@@ -333,6 +383,21 @@ class Sample:
     seeds: SampleSeeds
     flipped: bool
     path: str
+    uncertainty: Optional[WindowedMap] = None
+    task: int = ENTITY
+
+    def certainty(self) -> Optional[np.ndarray]:
+        """float32 ``H x W`` certainty ``c = 1 - u`` of the target (None: certain everywhere)."""
+        if self.uncertainty is None:
+            return None
+        height, width = self.target.shape
+        return (1.0 - self.uncertainty.full(height, width, np.float32) / 255.0).astype(np.float32)
+
+
+def flip_window(window: WindowedMap, width: int) -> WindowedMap:
+    """A windowed map of a ``width``-wide image, flipped left-right with it."""
+    return WindowedMap(np.ascontiguousarray(window.values[:, ::-1]), width - window.x0 - window.values.shape[1], window.y0,
+                       window.fill)
 
 
 def colour_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
@@ -386,9 +451,12 @@ class SampleLoader(torch.utils.data.Dataset):
         height, width = image.shape[:2]
         target_index = ref.target if ref.target >= 0 else int(rng.integers(source.target_count(ref.image)))
         target = source.load_target(ref.image, target_index, height, width)
+        uncertainty = source.load_uncertainty(ref.image, target_index, height, width)
         flipped = bool(rng.random() < self.hflip)
         if self.jitter > 0:
             image = colour_jitter(image, self.jitter, rng)
         if flipped:
             image, target = image[:, ::-1], target[:, ::-1]
-        return Sample(np.ascontiguousarray(image), np.ascontiguousarray(target), ref, seeds, flipped, path)
+            uncertainty = flip_window(uncertainty, width) if uncertainty is not None else None
+        return Sample(np.ascontiguousarray(image), np.ascontiguousarray(target), ref, seeds, flipped, path,
+                      uncertainty=uncertainty, task=source.task)

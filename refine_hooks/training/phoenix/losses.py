@@ -8,12 +8,22 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
+
+from ...uncertainty.losses import ua_dice_loss, ua_focal_loss
+from ...uncertainty.maps import DEFAULT_THETA
+
+
+def _per_sample_shape(logits: torch.Tensor, targets: torch.Tensor):
+    """The shape that broadcasts ``B x h x w`` maps over the extra dims of ``B x ... x h x w`` logits."""
+    extra = logits.dim() - targets.dim()
+    return extra, (targets.shape[0],) + (1,) * extra + tuple(targets.shape[1:])
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
                certainty: Optional[torch.Tensor] = None, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    """Sigmoid focal loss per sample, mean over the valid pixels (float ``B``).
+    """Sigmoid focal loss per sample, mean over the valid pixels (float ``B``): SUM's uncertainty-aware focal
+    loss ``(1/m) Σ_i c_i l_focal(p_i, ŷ_i)`` (eq. 1, :func:`refine_hooks.uncertainty.ua_focal_loss`) with m the
+    number of valid pixels and ``c = 0`` on SAM's padding.
 
     Args:
         logits: float ``B x ... x h x w`` (extra dims, e.g. candidates, are kept: the result is ``B x ...``).
@@ -21,34 +31,26 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
         valid: bool ``B x h x w``, the pixels that count.
         certainty: float ``B x h x w`` per-pixel weight c (SUM eq. 1); None: 1.
     """
-    extra = logits.dim() - targets.dim()
-    shape = (targets.shape[0],) + (1,) * extra + tuple(targets.shape[1:])
+    extra, shape = _per_sample_shape(logits, targets)
     t = targets.float().reshape(shape).expand_as(logits)
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
     weight = valid.float() if certainty is None else valid.float() * certainty.float()
-    weight = weight.reshape(shape)
+    weight = weight.reshape(shape).expand_as(logits)
     count = valid.float().flatten(1).sum(1).clamp(min=1.0).reshape((-1,) + (1,) * extra)
-    return (loss * weight).flatten(-2).sum(-1) / count
+    per_pixel = ua_focal_loss(logits, t, weight, alpha=alpha, gamma=gamma, reduction="none")
+    return per_pixel.flatten(-2).sum(-1) / count
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-              certainty: Optional[torch.Tensor] = None, threshold: float = 0.6) -> torch.Tensor:
+              certainty: Optional[torch.Tensor] = None, threshold: float = DEFAULT_THETA) -> torch.Tensor:
     """``1 - (2 Σ p t + 1) / (Σ p + Σ t + 1)`` per sample over the valid pixels (float ``B x ...``); with a
-    certainty map, only pixels with ``c > threshold`` count (SUM eq. 2, θ = 0.6)."""
-    extra = logits.dim() - targets.dim()
-    shape = (targets.shape[0],) + (1,) * extra + tuple(targets.shape[1:])
-    keep = valid if certainty is None else valid & (certainty > threshold)
-    keep = keep.float().reshape(shape)
-    p = torch.sigmoid(logits) * keep
-    t = targets.float().reshape(shape) * keep
-    numerator = 2 * (p * t).flatten(-2).sum(-1) + 1
-    denominator = p.flatten(-2).sum(-1) + t.flatten(-2).sum(-1) + 1
-    return 1 - numerator / denominator
+    certainty map, only pixels with ``c > threshold`` count: SUM's uncertainty-aware Dice (eq. 2, θ = 0.6,
+    :func:`refine_hooks.uncertainty.ua_dice_loss`, ε = 1)."""
+    _, shape = _per_sample_shape(logits, targets)
+    kept = valid.float() if certainty is None else torch.where(valid, certainty.float(), torch.zeros_like(certainty, dtype=torch.float32))
+    flat = (-1,) + tuple(logits.shape[-2:])
+    per_mask = ua_dice_loss(logits.reshape(flat), targets.float().reshape(shape).expand_as(logits).reshape(flat),
+                            kept.reshape(shape).expand_as(logits).reshape(flat), theta=threshold, eps=1.0)
+    return per_mask.reshape(logits.shape[:-2])
 
 
 def mask_ious(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

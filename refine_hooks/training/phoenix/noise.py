@@ -1,6 +1,7 @@
 """Non-adversarial noisy masks: morphological (the SegRefiner-style baseline and Phoenix's ``p_morph``
 mixing, C.1.3), blob noise (held out from training, for tests), and SUM's one-point SAM pseudo-labels
-(``--noise sam``, SUM D.2).
+(``--noise sam``, SUM D.2; the point is drawn by SUM's uncertainty-aware rule when the target has a
+certainty map, Sec. 3.2.2).
 
 All operate on bool ``H x W`` masks at the image's size and draw from a ``numpy.random.Generator``.
 """
@@ -16,6 +17,7 @@ import torch
 from segment_anything.utils.amg import calculate_stability_score
 
 from ...sam.engine import ImageEmbedding, SamEngine
+from ...uncertainty.losses import sample_by_certainty
 from .config import SamNoiseConfig
 
 MORPH_OPS = ("erode", "dilate", "jitter")
@@ -100,20 +102,32 @@ class SamPseudoLabel:
 
 
 def sam_pseudo_label(engine: SamEngine, embedding: ImageEmbedding, target: np.ndarray, rng: np.random.Generator,
-                     config: SamNoiseConfig) -> Optional[SamPseudoLabel]:
+                     config: SamNoiseConfig, certainty: Optional[np.ndarray] = None) -> Optional[SamPseudoLabel]:
     """SUM's noisy input for a target: SAM (the frozen, original model of ``engine``) prompted with one
     point drawn uniformly from the target, multimask output, the candidate with the highest IoU with the
     target; kept when that IoU >= 0.7, SAM's predicted IoU >= 0.88 and its stability >= 0.95 (B.1, D.2).
     Up to ``config.tries`` points are tried; None when every one is filtered out.
+
+    With float ``H x W`` ``certainty`` (a pseudo-target's c, SUM Sec. 3.2.2) target pixel i is drawn with
+    probability ``c_i / Σ c`` instead (:func:`refine_hooks.uncertainty.sample_by_certainty`; uniformly
+    when the target's certainty is 0 everywhere), from a torch generator seeded by ``rng``.
 
     Stability is computed as SAM's automatic mask generator does (IoU of the masks thresholded at -1
     and +1), on the logits at the image's size.
     """
     ys, xs = np.nonzero(target)
     target_t = torch.from_numpy(target).to(engine.device)
+    generator = None
+    if certainty is not None:
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        weights, region = torch.from_numpy(np.ascontiguousarray(certainty)), torch.from_numpy(np.ascontiguousarray(target))
     for _ in range(config.tries):
-        k = int(rng.integers(ys.size))
-        point = (int(xs[k]), int(ys[k]))
+        if generator is None:
+            k = int(rng.integers(ys.size))
+            point = (int(xs[k]), int(ys[k]))
+        else:
+            x, y = sample_by_certainty(weights, region, 1, generator)[0].tolist()
+            point = (int(x), int(y))
         coords = torch.tensor([[[point[0], point[1]]]], dtype=torch.float32)
         logits, predicted = engine.decode(embedding, point_coords=coords, point_labels=torch.ones((1, 1), dtype=torch.int64),
                                           multimask_output=True)

@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from ...sam import SamEngine, build_sam_model
+from ...sam.refiner_weights import TASKS
+from .certainty import certainty_file_name, compute_target_uncertainty, refiner_for_targets
 from .config import TrainingConfig
 from .data import (CocoSource, FolderPairSource, Source, TrainingDataError, UnlabeledSource, generate_pseudo_targets,
                    image_files)
@@ -45,9 +47,12 @@ def default_work_dir(out: str) -> str:
 
 
 def build_sources(data: TrainingData, *, engine=None, work_dir: str, config: TrainingConfig, ranks: Ranks,
-                  log: Callable[[str], None] = print, progress: bool = True) -> List[Source]:
+                  log: Callable[[str], None] = print, progress: bool = True,
+                  sam: Optional[Dict[str, Any]] = None) -> List[Source]:
     """The sources of ``data``, checked (headers of every image and mask read). Unlabeled folders get
-    their pseudo-targets generated once into ``work_dir`` (rank 0; the others wait)."""
+    their pseudo-targets generated once into ``work_dir`` (rank 0; the others wait), and with
+    ``config.target_uncertainty`` their uncertainty maps, from the refiner it names on the SAM ``sam``
+    (``model_type``, ``checkpoint``, ``device``) unless it names another (:mod:`.certainty`)."""
     sources: List[Source] = [CocoSource(annotations, root) for annotations, root in data.coco]
     sources += [FolderPairSource(images, masks) for images, masks in data.pairs]
     for index, folder in enumerate(data.unlabeled):
@@ -64,6 +69,9 @@ def build_sources(data: TrainingData, *, engine=None, work_dir: str, config: Tra
         source = UnlabeledSource(folder, path)
         if source.without_targets:
             log(f"{folder}: {source.without_targets} images have no confident SAM mask and are not trained on")
+        if config.target_uncertainty is not None:
+            source.attach_uncertainty(_target_uncertainty(config.target_uncertainty, folder, path, index, work_dir=work_dir,
+                                                          ranks=ranks, sam=dict(sam or {}), progress=progress))
         sources.append(source)
     for source in sources:
         problems = source.check(data.skip_missing_images)
@@ -73,6 +81,23 @@ def build_sources(data: TrainingData, *, engine=None, work_dir: str, config: Tra
         raise TrainingDataError("no usable target mask in the training data " +
                                 ", ".join(source.name for source in sources))
     return sources
+
+
+def _target_uncertainty(refiner_config: Dict[str, Any], folder: str, targets_file: str, index: int, *, work_dir: str,
+                        ranks: Ranks, sam: Dict[str, Any], progress: bool) -> str:
+    """The uncertainty map file of one folder's pseudo-targets, computed once (rank 0; the others wait)."""
+    path = os.path.join(work_dir, certainty_file_name(index, refiner_config))
+    if ranks.is_main:
+        def make_refiner():
+            return refiner_for_targets(refiner_config, model_type=sam.get("model_type", "vit_h"),
+                                       checkpoint=sam.get("checkpoint"), device=sam.get("device", "cpu"),
+                                       engine=sam.get("engine"))
+
+        bar = (lambda items: tqdm(items, desc=f"target uncertainty {folder}", unit="part")) if progress else None
+        compute_target_uncertainty(make_refiner, folder, targets_file, path, meta={"refiner": refiner_config},
+                                   progress=bar)
+    ranks.barrier()
+    return path
 
 
 def train_refiner(data: TrainingData, out: str, config: TrainingConfig, *, model_type: str = "vit_h",
@@ -91,6 +116,9 @@ def train_refiner(data: TrainingData, out: str, config: TrainingConfig, *, model
     config.validate()
     if data.empty:
         raise TrainingDataError("no training data: give --coco, --pairs or --unlabeled")
+    if config.target_uncertainty is not None and not data.unlabeled:
+        raise ValueError("--target-uncertainty weights pseudo-targets by SUM's certainty; it needs --unlabeled "
+                         "IMAGE_DIR (human-labelled targets are trusted everywhere)")
     work_dir = work_dir or default_work_dir(out)
     ranks = Ranks.from_environment(device)
     note = log if ranks.is_main else (lambda message: None)
@@ -99,11 +127,17 @@ def train_refiner(data: TrainingData, out: str, config: TrainingConfig, *, model
     sam = build_sam_model(model_type, checkpoint)
     if data.unlabeled:
         engine = SamEngine(sam, device=ranks.device(device))
-        sources = build_sources(data, engine=engine, work_dir=work_dir, config=config, ranks=ranks, log=note, progress=progress)
+        sources = build_sources(data, engine=engine, work_dir=work_dir, config=config, ranks=ranks, log=note, progress=progress,
+                                sam={"model_type": model_type, "checkpoint": checkpoint, "device": ranks.device(device),
+                                     "engine": engine})
     sam_info = {"model_type": model_type, "checkpoint": os.path.abspath(checkpoint) if checkpoint else None}
     trainer = RefinerTrainer(sam, sources, config, work_dir=work_dir, device=device, sam_info=sam_info,
                              cache_dir=cache_dir, workers=workers, ranks=ranks,
                              hooks=default_hooks(checkpoint_every, progress=progress and ranks.is_main, note=note))
+    if trainer.task_prompt is not None:
+        tasks = sorted({source.task for source in sources})
+        note(f"SUM's task prompt on (tasks {', '.join(TASKS[t] for t in tasks)}; inference default "
+             f"{TASKS[trainer.default_task]})")
     if trainer.resume():
         note(f"resuming from {trainer.checkpoint_path} at iteration {trainer.iteration} of {config.iterations}")
     if cache_dir and config.colour_jitter > 0:

@@ -12,6 +12,17 @@ For each sample (one target mask of one image) the step
    candidate inference would pick (highest predicted IoU) as the refined mask M_r;
 4. repeats 2-3 ``cascade_steps`` times on its own detached refined mask (cascade as curriculum).
 
+Pseudo-targets with SUM's certainty map c (``--target-uncertainty``, :mod:`.certainty`) are not trusted
+everywhere (SUM Sec. 3.2.1-3.2.2): the map travels with the target to the low-res frame (the same chain,
+applied to u = 1 − c, so c = 1 stays exactly 1), the focal loss weights each pixel by c (eq. 1), the Dice
+loss and the IoU head's target keep the pixels with c > θ = 0.6 (eq. 2), CMRL's six regions leave out the
+pixels with c <= θ (they stay in Ω: which region a pixel is in depends on its target label, its membership
+in Ω does not), and ``sam`` noise draws its point with probability c_i / Σ c. A pixel with c = 0 (indeed
+any pixel with c <= θ but for its focal weight) has no say through its label. A sample without a map is
+certain and trains exactly as before.
+
+With SUM's task prompt (:mod:`.tasks`) the trained decoder sees image embedding + task embedding.
+
 The step's loss is the sum over samples of the mean over cascade steps, divided by the GLOBAL batch size,
 so gradients summed over ranks equal one process's gradient of the whole batch. Samples that cannot be
 used (target too small, SAM pseudo-label filtered out) add nothing and are counted.
@@ -31,6 +42,7 @@ from ...refiners.samrefiner import SAMRefiner
 from ...resize import apply_to_box
 from ...sam.engine import ImageEmbedding, SamEngine
 from ...timing import NullTimer
+from ...uncertainty.maps import DEFAULT_THETA
 from .amp import guidance_masks, perturb
 from .cmrl import Projector, cmrl_loss
 from .config import TrainingConfig
@@ -44,7 +56,7 @@ LOSS_TERMS = ("loss", "focal", "dice", "iou", "cmrl", "intra", "inter", "self")
 # Everything a step counts (every rank sums the same list, whatever happened on it).
 STATISTICS = LOSS_TERMS + ("pairs", "samples", "skipped_small_target", "sam_rejected", "amp_masks", "amp_updates",
                            "amp_hit", "amp_overshot", "amp_missed", "amp_empty_replaced", "cascade_empty",
-                           "prompts_dropped")
+                           "prompts_dropped", "ua_pairs", "certainty", "certain_fraction")
 
 
 @dataclasses.dataclass
@@ -58,6 +70,7 @@ class Prepared:
     noisy: Optional[np.ndarray] = None  # bool H x W
     noisy_logits: Optional[torch.Tensor] = None  # float m x m (``sam`` noise), the first step's dense input
     noise: str = ""
+    certainty: Optional[torch.Tensor] = None  # float m x m, SUM's c of the target (None: 1 everywhere)
 
 
 @dataclasses.dataclass
@@ -68,13 +81,29 @@ class StepResult:
     sums: Dict[str, float]  # loss terms summed over (sample, cascade step) pairs, and counts
 
 
-def low_res_frame_masks(engine: SamEngine, embedding: ImageEmbedding, mask: np.ndarray) -> torch.Tensor:
-    """bool ``m x m``: a bool ``H x W`` mask on the decoder's low-res frame (SAM's resize-pad-resize chain,
-    as mask prompts are built; >= 0.5)."""
+def low_res_frame_values(engine: SamEngine, embedding: ImageEmbedding, values: np.ndarray, x0: int = 0, y0: int = 0) -> torch.Tensor:
+    """float ``m x m``: a map that is float ``values`` on the window at ``(x0, y0)`` and 0 elsewhere, on the
+    decoder's low-res frame (SAM's resize-pad-resize chain, as mask prompts are built; 0 in SAM's padding)."""
     rows, cols = engine.mask_input_frame(embedding)
-    height, width = mask.shape
-    values = torch.from_numpy(mask).to(engine.device).float()
-    return apply_to_box(rows, cols, values, (0, 0, width - 1, height - 1)) >= 0.5
+    height, width = values.shape
+    tensor = torch.from_numpy(np.ascontiguousarray(values)).to(engine.device).float()
+    return apply_to_box(rows, cols, tensor, (x0, y0, x0 + width - 1, y0 + height - 1))
+
+
+def low_res_frame_masks(engine: SamEngine, embedding: ImageEmbedding, mask: np.ndarray) -> torch.Tensor:
+    """bool ``m x m``: a bool ``H x W`` mask on the decoder's low-res frame (:func:`low_res_frame_values` >= 0.5)."""
+    return low_res_frame_values(engine, embedding, mask) >= 0.5
+
+
+def low_res_frame_certainty(engine: SamEngine, embedding: ImageEmbedding, sample: Sample) -> Optional[torch.Tensor]:
+    """float ``m x m`` certainty of a sample's target on the low-res frame: ``1 − chain(u)`` with u its (flipped)
+    uncertainty map, so a certain map stays exactly 1 (SAM's padding counts as certain; it is no valid pixel);
+    None when the sample has no map."""
+    window = sample.uncertainty
+    if window is None:
+        return None
+    u = window.values.astype(np.float32) / 255.0
+    return 1.0 - low_res_frame_values(engine, embedding, u, window.x0, window.y0)
 
 
 class RefinerStep:
@@ -87,11 +116,14 @@ class RefinerStep:
         config: training settings.
         cache: embedding cache, or None.
         timer: a :class:`refine_hooks.timing.StageTimer` (benchmark tool): ``encode``, ``noise``, ``decode_loss``.
+        task_prompt: SUM's task prompt (:class:`.tasks.TaskPrompt`) added to the image embeddings the trained
+            decoder sees, or None.
     """
 
     def __init__(self, engine: SamEngine, trained: torch.nn.ModuleDict, projector: Optional[Projector],
-                 config: TrainingConfig, cache: Optional[EmbeddingCache] = None, timer=None):
+                 config: TrainingConfig, cache: Optional[EmbeddingCache] = None, timer=None, task_prompt=None):
         self.engine, self.trained, self.projector, self.config, self.cache = engine, trained, projector, config, cache
+        self.task_prompt = task_prompt
         self.timer = timer or NullTimer()
         invariant = engine.device.type == "cpu" if config.batch_invariant is None else config.batch_invariant
         model = engine.model
@@ -118,7 +150,8 @@ class RefinerStep:
             if not bool(target_low.any()):
                 counts["skipped_small_target"] += 1
                 continue
-            prepared.append(Prepared(sample, embedding, target_low, self._valid_region(embedding)))
+            prepared.append(Prepared(sample, embedding, target_low, self._valid_region(embedding),
+                                     certainty=low_res_frame_certainty(self.engine, embedding, sample)))
         return prepared
 
     def _valid_region(self, embedding: ImageEmbedding) -> torch.Tensor:
@@ -139,7 +172,8 @@ class RefinerStep:
             if kind == "morphological":
                 item.noisy = morphological_noise(item.sample.target, rng)
             elif kind == "sam":
-                label = sam_pseudo_label(self.engine, item.embedding, item.sample.target, rng, self.config.sam_noise)
+                label = sam_pseudo_label(self.engine, item.embedding, item.sample.target, rng, self.config.sam_noise,
+                                         certainty=item.sample.certainty())
                 if label is None:
                     counts["sam_rejected"] += 1
                     continue
@@ -230,6 +264,8 @@ class RefinerStep:
         prompt_encoder = self.trained["prompt_encoder"]
         sets, noisy_low = [], []
         images = torch.cat([item.embedding.features for item in items])
+        if self.task_prompt is not None:  # SUM Sec. 3.2.4: image embedding + task embedding
+            images = self.task_prompt(images, [item.sample.task for item in items])
         for row, item in enumerate(items):
             prompts = self.prompter.prompts_for(item.embedding, item.noisy[None])
             if item.noisy_logits is not None:  # SUM: SAM's pseudo-label logits as the mask prompt
@@ -247,12 +283,14 @@ class RefinerStep:
         predicted = output.candidate_iou.float()
         targets = torch.stack([item.target_low for item in items])
         valid = torch.stack([item.valid for item in items])
-        focal = focal_loss(candidates, targets, valid)  # B x 3
-        dice = dice_loss(candidates, targets, valid)
+        certainty = self._certainty(items, counts)  # B x m x m or None
+        certain = None if certainty is None else certainty > DEFAULT_THETA
+        focal = focal_loss(candidates, targets, valid, certainty)  # B x 3
+        dice = dice_loss(candidates, targets, valid, certainty, DEFAULT_THETA)
         mask_loss = config.focal_weight * focal + config.dice_weight * dice
         best = mask_loss.argmin(dim=1)
         rows = torch.arange(len(items), device=candidates.device)
-        iou_loss = ((predicted - mask_ious(candidates, targets, valid)) ** 2).mean(dim=1)
+        iou_loss = ((predicted - mask_ious(candidates, targets, valid if certain is None else valid & certain)) ** 2).mean(dim=1)
         losses = mask_loss[rows, best] + config.iou_weight * iou_loss
         selected = predicted.argmax(dim=1)
         refined = candidates[rows, selected].detach()
@@ -260,7 +298,8 @@ class RefinerStep:
         if self.projector is not None:
             projected = self.projector(output.upscaled.float())
             parts = [cmrl_loss(projected[row], targets[row], noisy_low[row], refined[row] > 0, valid[row],
-                               config.cmrl, generators[id(item)]) for row, item in enumerate(items)]
+                               config.cmrl, generators[id(item)], certain=None if item.certainty is None else certain[row])
+                     for row, item in enumerate(items)]
             for name in ("intra", "inter", "self"):
                 terms[name] = torch.stack([part[name] for part in parts])
             cmrl = torch.stack([part["total"] for part in parts])
@@ -271,3 +310,21 @@ class RefinerStep:
             counts[name] += float(values.detach().sum())
         counts["pairs"] += len(items)
         return losses, refined
+
+    @staticmethod
+    def _certainty(items: List[Prepared], counts: Dict[str, float]) -> Optional[torch.Tensor]:
+        """float ``B x m x m`` certainty of the items' targets (1 for items without a map), or None when no item
+        has a map; counts the mean certainty and the share of certain pixels of the valid ones."""
+        if all(item.certainty is None for item in items):
+            return None
+        rows = []
+        for item in items:
+            if item.certainty is None:
+                rows.append(torch.ones_like(item.target_low, dtype=torch.float32))
+                continue
+            rows.append(item.certainty)
+            inside = item.certainty[item.valid]
+            counts["ua_pairs"] += 1
+            counts["certainty"] += float(inside.mean())
+            counts["certain_fraction"] += float((inside > DEFAULT_THETA).float().mean())
+        return torch.stack(rows)

@@ -29,14 +29,16 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ...files import flatten_settings
 from ...sam.engine import SamEngine
-from ...sam.refiner_weights import sam_fingerprint, save_refiner_checkpoint, trained_state
+from ...sam.refiner_weights import TASKS, sam_fingerprint, save_refiner_checkpoint, trained_state
 from ...timing import NullTimer
 from .cmrl import Projector
 from .config import TrainingConfig
 from .data import SampleLoader, Source, TargetRef
 from .embeddings import EmbeddingCache
 from .step import LOSS_TERMS, STATISTICS, RefinerStep
+from .tasks import TaskPrompt, default_task, task_prompt_enabled
 
 CHECKPOINT = "last.pth"
 LOG = "log.jsonl"
@@ -175,14 +177,23 @@ class RefinerTrainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
                 self.projector = Projector(channels, config.cmrl.projector_layers).to(self.engine.device)
+        # SUM's task prompt (Sec. 3.2.4): zero at the start, trained with the decoder (not in ``trained``, whose
+        # keys the checkpoints of runs without it keep).
+        self.task_prompt = None
+        if task_prompt_enabled(config.task_prompt, self.sources):
+            self.task_prompt = TaskPrompt(sam.prompt_encoder.embed_dim).to(self.engine.device)
+        self.default_task = default_task(self.sources, self.refs)
         self.parameters = [p for p in self.trained.parameters() if p.requires_grad]
         if self.projector is not None:
             self.parameters += list(self.projector.parameters())
+        if self.task_prompt is not None:
+            self.parameters += list(self.task_prompt.parameters())
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config.warmup, config.iterations))
         self.scaler = torch.amp.GradScaler(self.engine.device.type, enabled=config.precision == "fp16" and self.engine.device.type == "cuda")
         self.timer = timer or NullTimer()
-        self.step_fn = RefinerStep(self.engine, self.trained, self.projector, config, self.cache, timer=self.timer)
+        self.step_fn = RefinerStep(self.engine, self.trained, self.projector, config, self.cache, timer=self.timer,
+                                   task_prompt=self.task_prompt)
         local = config.batch_size // self.ranks.world_size
         slots = range(self.ranks.rank * local, (self.ranks.rank + 1) * local)
         self.loader = SampleLoader(self.sources, self.refs, batch_size=config.batch_size, slots=slots,
@@ -209,6 +220,7 @@ class RefinerTrainer:
             "identity": self.identity(),
             "trained": self.trained.state_dict(),
             "projector": self.projector.state_dict() if self.projector is not None else None,
+            "task_prompt": self.task_prompt.state_dict() if self.task_prompt is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -217,8 +229,8 @@ class RefinerTrainer:
         }
 
     def load_state_dict(self, state: Dict[str, Any], source: str) -> None:
-        mine = _flatten(self.identity())
-        theirs = _flatten(state["identity"])
+        mine = flatten_settings(self.identity())
+        theirs = flatten_settings(state["identity"])
         differences = sorted(key for key in set(mine) | set(theirs) if mine.get(key) != theirs.get(key))
         if differences:
             shown = "; ".join(f"{key}: {theirs.get(key)!r} there, {mine.get(key)!r} now" for key in differences[:6])
@@ -227,6 +239,12 @@ class RefinerTrainer:
         self.trained.load_state_dict(state["trained"])
         if self.projector is not None:
             self.projector.load_state_dict(state["projector"])
+        if (self.task_prompt is not None) != (state.get("task_prompt") is not None):
+            raise TrainingResumeError(f"{source} holds a run {'without' if self.task_prompt is not None else 'with'} "
+                                      "SUM's task prompt (written by a version that decided it otherwise); use another "
+                                      "--work-dir")
+        if self.task_prompt is not None:
+            self.task_prompt.load_state_dict(state["task_prompt"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -259,10 +277,16 @@ class RefinerTrainer:
         return True
 
     def save_refiner(self, path: str) -> str:
-        """Write the refiner checkpoint: trained prompt encoder and mask decoder only (no projector)."""
+        """Write the refiner checkpoint: trained prompt encoder and mask decoder (no projector), and the task
+        prompt when it trained (with the default task: :func:`.tasks.default_task`)."""
+        task_prompt = None
+        if self.task_prompt is not None:
+            task_prompt = {"embedding": self.task_prompt.embedding.weight, "tasks": TASKS,
+                           "default": TASKS[self.default_task]}
         save_refiner_checkpoint(path, weights=trained_state(self.trained), fingerprint=self.fingerprint,
                                 kind=self.config.kind, mask_prompt=self.config.mask_prompt(),
-                                prompts=self.config.prompt_settings(), training=self.config.to_dict(), sam=self.sam_info)
+                                prompts=self.config.prompt_settings(), training=self.config.to_dict(), sam=self.sam_info,
+                                task_prompt=task_prompt)
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -327,16 +351,6 @@ def _keep_samples(samples):
     return samples
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.loads(json.dumps(value))
-    return flat
-
-
 # ---------------------------------------------------------------------------------------------- hooks
 def summarise(stats: Dict[str, float]) -> Dict[str, float]:
     """Per-pair means of the loss terms and the AMP / skip counters of one step, as the log writes them."""
@@ -350,6 +364,10 @@ def summarise(stats: Dict[str, float]) -> Dict[str, float]:
     for name in ("samples", "skipped_small_target", "sam_rejected", "amp_empty_replaced", "cascade_empty", "prompts_dropped"):
         if stats.get(name):
             row[name] = stats[name]
+    if stats.get("ua_pairs"):  # pseudo-targets with SUM's certainty map: its mean and share above θ
+        row["ua_pairs"] = stats["ua_pairs"]
+        row["certainty"] = stats["certainty"] / stats["ua_pairs"]
+        row["certain_fraction"] = stats["certain_fraction"] / stats["ua_pairs"]
     row["lr"] = stats["lr"]
     row["grad_norm"] = stats["grad_norm"]
     row["seconds"] = stats["seconds"]
