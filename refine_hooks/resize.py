@@ -64,8 +64,10 @@ class AxisMap:
         return self.index.shape[0], int(self.last.max()) + 1
 
     def outputs_touching(self, lo: int, hi: int) -> Tuple[int, int]:
-        """Inclusive range of output indices whose input taps intersect ``[lo, hi]``."""
+        """Inclusive range of output indices whose input taps intersect ``[lo, hi]`` (``(0, -1)``: none)."""
         touching = torch.nonzero((self.first <= hi) & (self.last >= lo)).flatten()
+        if touching.numel() == 0:  # a downsampling chain may skip an input index altogether
+            return 0, -1
         return int(touching[0]), int(touching[-1])
 
     def inputs_of(self, lo: int, hi: int) -> Tuple[int, int]:
@@ -129,10 +131,28 @@ def apply_to_box(rows: AxisMap, cols: AxisMap, values: torch.Tensor, box, consta
     Returns:
         float32 ``out_h x out_w``, the whole output frame.
     """
-    x1, y1 = int(box[0]), int(box[1])
-    shifted = values.float() - constant
-    out = cols.apply(rows.apply(shifted, 0, y1), 1, x1)
+    window, (x0, y0) = box_window(rows, cols, values.float() - constant, box)
+    out = torch.zeros((rows.size[0], cols.size[0]), dtype=window.dtype, device=window.device)
+    out[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window
     return out + constant if constant else out
+
+
+def box_window(rows: AxisMap, cols: AxisMap, values: torch.Tensor, box) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """The chain applied to an input that is 0 outside ``box``, on the outputs the box reaches.
+
+    Args:
+        values: float ``... x h x w``, the input inside the inclusive ``box`` = (x1, y1, x2, y2).
+
+    Returns:
+        float32 ``... x h' x w'`` window of the output frame and its top-left ``(x0, y0)``; every other
+        output is 0. The window's values are those of the whole-frame computation, bit for bit (each
+        output is computed from the same taps in the same order).
+    """
+    x1, y1 = int(box[0]), int(box[1])
+    r1, r2 = rows.outputs_touching(y1, y1 + values.shape[-2] - 1)
+    c1, c2 = cols.outputs_touching(x1, x1 + values.shape[-1] - 1)
+    window = cols.apply(rows.apply(values.float(), -2, y1, slice(r1, r2 + 1)), -1, x1, slice(c1, c2 + 1))
+    return window, (c1, r1)
 
 
 def positive_window(rows: AxisMap, cols: AxisMap, logits: torch.Tensor):
@@ -155,6 +175,8 @@ def positive_window(rows: AxisMap, cols: AxisMap, logits: torch.Tensor):
     xs = torch.nonzero(positive.any(dim=0)).flatten()
     r1, r2 = rows.outputs_touching(int(ys[0]), int(ys[-1]))
     c1, c2 = cols.outputs_touching(int(xs[0]), int(xs[-1]))
+    if r2 < r1 or c2 < c1:  # positive only where the chain crops (SAM's padding)
+        return None, None
     return output_window(rows, cols, logits, (c1, r1, c2, r2)) > 0, (c1, r1)
 
 

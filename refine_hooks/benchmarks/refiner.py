@@ -1,12 +1,14 @@
 """Benchmark SAMRefiner on one generated image: time per stage, masks/s and peak memory.
 
     python tools/benchmark.py refiner --model-type vit_b --image-size 480x640 --masks 50
+    python tools/benchmark.py refiner --model-type vit_b --masks 50 --precision fp32 bf16   # side by side
 
 Weights are random (cost does not depend on them), so no checkpoint is needed. Besides seconds, it counts
 the floating-point work of one encoder pass and of one decoder pass (torch's ``FlopCounterMode`` on a
 copy of the model made of meta tensors, so counting costs no compute) and the decoder passes the refiner
 made: ``decoder_gflop_total / encoder_gflop`` says how much of the encoder's work the masks add, whatever
-the machine.
+the machine. With several ``--precision`` values each lower precision is also compared with fp32 on the
+same masks: the fraction of refined masks identical to fp32's and their mean IoU with them.
 """
 
 from __future__ import annotations
@@ -100,8 +102,11 @@ def random_phoenix_state(model: torch.nn.Module) -> Dict[str, object]:
 
 
 def run(model_type: str, height: int, width: int, num_masks: int, *, iterations: int = 5, device: str = "cpu",
-        precision: str = "fp32", decoder_chunk_size: int = 64, repeats: int = 1, refiner: str = "samrefiner") -> Dict[str, float]:
-    """Refine one generated image ``repeats`` times; seconds per stage are per image (mean)."""
+        precision: str = "fp32", decoder_chunk_size: int = 64, repeats: int = 1, refiner: str = "samrefiner",
+        outputs: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:
+    """Refine one generated image ``repeats`` times; seconds per stage are per image (mean).
+
+    ``outputs``, when given, receives the refined masks under ``"masks"`` (bool ``N x H x W``)."""
     timer = StageTimer(cuda_sync=device.startswith("cuda"))
     with timer("load"):
         engine = SamEngine(build_random_sam(model_type), device=device, precision=precision, decoder_chunk_size=decoder_chunk_size)
@@ -116,7 +121,9 @@ def run(model_type: str, height: int, width: int, num_masks: int, *, iterations:
     decoder_passes, counting = count_decoder_passes(engine.model)
     start = time.perf_counter()
     for _ in range(repeats):
-        refiner_.refine(image, masks)
+        result = refiner_.refine(image, masks)
+    if outputs is not None:
+        outputs["masks"] = result.masks
     total = (time.perf_counter() - start) / repeats
     stages = {stage: seconds / repeats for stage, seconds in timer.seconds.items()}
     outside_encoder = total - stages.get("encode", 0.0)
@@ -152,7 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"],
+                        help="one or more, run side by side on the same masks; lower precisions are compared "
+                             "with fp32 when it is among them (identical_to_fp32, mean_iou_to_fp32)")
     parser.add_argument("--decoder-chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--refiner", nargs="+", default=["samrefiner"], choices=["samrefiner", "phoenix"],
@@ -182,13 +191,34 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     cli.checked_device(args.device)
     height, width = args.image_size
+    precisions = sorted(set(args.precision), key=args.precision.index)
+    if "fp32" in precisions:  # fp32 first: the others are compared with it
+        precisions.remove("fp32")
+        precisions.insert(0, "fp32")
     for count in args.masks:
         for refiner in args.refiner:
-            result = run(args.model_type, height, width, count, iterations=args.iterations, device=args.device,
-                         precision=args.precision, decoder_chunk_size=args.decoder_chunk_size, repeats=args.repeats,
-                         refiner=refiner)
-            print(json.dumps(result))
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(result) + "\n")
+            reference = None
+            for precision in precisions:
+                outputs: Dict[str, np.ndarray] = {}
+                result = run(args.model_type, height, width, count, iterations=args.iterations, device=args.device,
+                             precision=precision, decoder_chunk_size=args.decoder_chunk_size, repeats=args.repeats,
+                             refiner=refiner, outputs=outputs)
+                if precision == "fp32":
+                    reference = outputs["masks"]
+                elif reference is not None:
+                    result.update(agreement(outputs["masks"], reference))
+                print(json.dumps(result))
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(result) + "\n")
     return 0
+
+
+def agreement(masks: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
+    """How bool ``N x H x W`` masks compare with the reference's: the fraction identical pixel for pixel and
+    the mean IoU (1 where both are empty)."""
+    from ..data.masks import mask_iou
+
+    identical = (masks == reference).reshape(len(masks), -1).all(axis=1)
+    return {"identical_to_fp32": round(float(identical.mean()), 4),
+            "mean_iou_to_fp32": round(float(mask_iou(masks, reference).mean()), 6)}

@@ -37,7 +37,7 @@ def add_refiner_config(cfg: CN) -> None:
         TYPE: refiner type (``SAMRefiner`` or ``Phoenix``).
         MODEL_TYPE: SAM variant from :mod:`refine_hooks.sam.registry` (``vit_h``, ``vit_b``, ``sam_hq_vit_h``...).
         CHECKPOINT: SAM checkpoint path; empty: the official checkpoint, downloaded once into the cache.
-        PRECISION: ``fp32``, ``bf16`` or ``fp16`` autocast for SAM's image encoder.
+        PRECISION: ``fp32``, ``bf16`` or ``fp16`` for SAM's image encoder and mask decoder (transformer, upscaling).
         DECODER_CHUNK_SIZE: prompt sets per SAM decoder call.
         IOU_ADAPTER: SAMRefiner++'s IoU adapter file (``tools/train_iou_adaption.py``); empty: SAM's IoU head.
         REFINER_CHECKPOINT: ``TYPE: Phoenix``: the trained refiner (``tools/train_refiner.py``), trained on

@@ -2,10 +2,12 @@
 
 from .boxes import EmbeddingSimilarity, elastic_boxes
 from .masks import GAUSSIAN_KINDS, dense_mask_prompt, gaussian_weights
-from .points import InteriorDistance, interior_distance, negative_point, point_prompts
+from .points import DISTANCE_KINDS, InteriorDistance, interior_distance, negative_point, point_prompts
+from .raster import raster_distance
 from .stm import should_merge, split_then_merge
 
 __all__ = [
+    "DISTANCE_KINDS",
     "EmbeddingSimilarity",
     "GAUSSIAN_KINDS",
     "InteriorDistance",
@@ -15,6 +17,7 @@ __all__ = [
     "interior_distance",
     "negative_point",
     "point_prompts",
+    "raster_distance",
     "should_merge",
     "split_then_merge",
 ]

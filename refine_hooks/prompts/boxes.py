@@ -50,7 +50,8 @@ class EmbeddingSimilarity:
         channel_chunk = max(1, max_floats // (height * width))
         for start in range(0, self.valid_features.shape[0], channel_chunk):
             part = self.valid_features[None, start : start + channel_chunk]
-            squared += F.interpolate(part, original_size, mode="bilinear", align_corners=False)[0].pow(2).sum(0)
+            resized = F.interpolate(part, original_size, mode="bilinear", align_corners=False)[0]
+            squared += resized.mul_(resized).sum(0)  # in place: x * x is what pow(2) computes
         self.norm = squared.sqrt()  # H x W
         self.rows, self.cols = resize_map(valid, original_size, features.device)
         # F.interpolate(mode="nearest") reads source index floor(i * in / out).
@@ -90,6 +91,31 @@ class EmbeddingSimilarity:
         return windows
 
 
+    def strips_near(self, masks: np.ndarray, boxes: np.ndarray) -> List["SimilarityOnDemand"]:
+        """Like :meth:`similar_near`, but each mask's similarity is computed only on the regions asked for
+        (:func:`elastic_boxes` reads at most 4 strips), with the same values there."""
+        return [SimilarityOnDemand(self, torch.einsum("c,chw->hw", query, self.valid_features)) for query in self.query(masks)]
+
+
+class SimilarityOnDemand:
+    """Which pixels are similar to one mask, computed per region on demand (a :class:`Window` stand-in).
+
+    Args:
+        similarity: the image's :class:`EmbeddingSimilarity`.
+        projected: float ``hv x wv``, the valid embedding projected on the mask's query.
+    """
+
+    def __init__(self, similarity: EmbeddingSimilarity, projected: torch.Tensor):
+        self.similarity = similarity
+        self.projected = projected
+
+    def region(self, y_from: int, y_to: int, x_from: int, x_to: int) -> np.ndarray:
+        """bool, the image slice ``[y_from:y_to, x_from:x_to]``; each value as :meth:`EmbeddingSimilarity.similar_near`'s."""
+        numerator = self.similarity.rows.apply(self.projected, 0, 0, slice(y_from, y_to))
+        numerator = self.similarity.cols.apply(numerator, 1, 0, slice(x_from, x_to))
+        return (numerator > SIMILARITY_THRESHOLD * self.similarity.norm[y_from:y_to, x_from:x_to]).cpu().numpy()
+
+
 @dataclasses.dataclass
 class Window:
     """A bool map over part of the image: ``values[y - y0, x - x0]`` is pixel ``(x, y)``."""
@@ -103,12 +129,13 @@ class Window:
         return self.values[y_from - y0 : y_to - y0, x_from - x0 : x_to - x0]
 
 
-def elastic_boxes(boxes: np.ndarray, similar: Sequence[Window], margin: float, image_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+def elastic_boxes(boxes: np.ndarray, similar: Sequence, margin: float, image_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """Grow tight boxes side by side where the context strip is similar to the object.
 
     Args:
         boxes: int ``N x 4`` tight boxes ``x1, y1, x2, y2`` (x2, y2 inclusive, as the authors').
-        similar: per box, the :meth:`EmbeddingSimilarity.similar_near` window.
+        similar: per box, the :meth:`EmbeddingSimilarity.similar_near` window (or a
+            :meth:`EmbeddingSimilarity.strips_near` entry: anything with ``region(y_from, y_to, x_from, x_to)``).
         margin: λ; a side moves out when similar pixels / strip area > λ.
         image_size: ``(H, W)``.
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..resize import AxisMap, apply_to_box
+from ..resize import AxisMap, box_window
 from .points import InteriorDistance
 
 # ``binary`` is no Gaussian: the plain +-strength encoding of a binary mask (the mask prompt trained
@@ -27,19 +27,27 @@ def gaussian_weights(depth: InteriorDistance, area: int, gamma: float, kind: str
     distance to the background. ``spatial`` (the paper's eq. 3): ``exp(-r^2 / (area * gamma))`` with r the
     distance to the positive point (the deepest pixel).
     """
-    values = depth.values
-    inside = values > 0
     if kind == "distance":
         spread = max(area / gamma, 1.0)
+        squared = depth.squared
+        if squared is not None and squared.size and squared.max() < squared.size:
+            # Exact distances are square roots of a few distinct integers: compute each weight once, with
+            # the same float64 operations as below (so the same values), and look them up.
+            distinct = np.sqrt(np.arange(int(squared.max()) + 1, dtype=np.float64))
+            table = np.exp(-((distinct - distinct[-1]) ** 2) / spread)  # distinct[-1] == values.max()
+            table[0] = 0.0  # background
+            return table.astype(np.float32)[squared.astype(np.intp)]
+        values = depth.values
         weights = np.exp(-((values - values.max()) ** 2) / spread)
     elif kind == "spatial":
+        values = depth.values
         peak_x, peak_y, _ = depth.peak
         ys, xs = np.mgrid[0 : values.shape[0], 0 : values.shape[1]]
         squared = (xs + depth.origin[0] - peak_x) ** 2 + (ys + depth.origin[1] - peak_y) ** 2
         weights = np.exp(-squared / (area * gamma))
     else:
         raise ValueError(f"gaussian must be one of {GAUSSIAN_KINDS}, got {kind!r}")
-    return np.where(inside, weights, 0.0).astype(np.float32)
+    return np.where(values > 0, weights, 0.0).astype(np.float32)
 
 
 def dense_mask_prompt(
@@ -69,9 +77,17 @@ def dense_mask_prompt(
     device = rows.weight.device
     prompts = torch.empty((len(masks), 1, rows.size[0], cols.size[0]), device=device)
     for i, (mask, weight, box) in enumerate(zip(masks, weights, boxes)):
-        signed = apply_to_box(rows, cols, torch.from_numpy(mask).to(device).float() * 2 - 1, box, constant=-1.0)
-        prompts[i, 0] = torch.where(signed > 0, float(amplitude[i]), -float(amplitude[i]))
+        # Outputs that no pixel of the box reaches are background: -amplitude (g = 0 there, factor 1).
+        prompts[i, 0] = -float(amplitude[i])
+        # The signed mask is -1 outside the box: map (mask * 2 - 1) - (-1) = 2 * mask, add -1 back. The
+        # Gaussian rides along in the same call (same box, same arithmetic per value).
+        channels = [torch.from_numpy(mask).to(device).float() * 2]
         if weight is not None:
-            gauss = apply_to_box(rows, cols, torch.from_numpy(weight).to(device), box)
-            prompts[i, 0] *= torch.where(gauss > 0, gauss, 1.0)
+            channels.append(torch.from_numpy(weight).to(device))
+        mapped, (x0, y0) = box_window(rows, cols, torch.stack(channels), box)
+        signed = mapped[0] + -1.0
+        window = prompts[i, 0, y0 : y0 + mapped.shape[1], x0 : x0 + mapped.shape[2]]
+        window.copy_(torch.where(signed > 0, float(amplitude[i]), -float(amplitude[i])))
+        if weight is not None:
+            window *= torch.where(mapped[1] > 0, mapped[1], 1.0)
     return prompts

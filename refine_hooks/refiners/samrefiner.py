@@ -18,6 +18,7 @@ import torch
 from ..data.masks import masks_to_xyxy
 from ..data.windows import WindowedMap, mask_box, union_box
 from ..prompts import (
+    DISTANCE_KINDS,
     GAUSSIAN_KINDS,
     EmbeddingSimilarity,
     dense_mask_prompt,
@@ -47,6 +48,9 @@ class SAMRefiner(Refiner):
         gaussian: ``distance`` (the authors' code), ``spatial`` (the paper's eq. 3) or ``binary`` (no
             Gaussian: +strength on the whole mask, the encoding trained refiners default to).
         multimask_output: decode 3 candidates and keep the one with the highest predicted IoU.
+        distance: ``exact`` Euclidean distance transforms (default), or ``raster``: the authors' FastGeodis
+            raster scan, whose values (and so points and mask prompts) equal theirs; slower (the
+            negative point's scan covers the whole image).
         min_area: masks with fewer pixels pass through unchanged.
         stm_mu: μ of split-then-merge.
         max_chunk_pixels: masks x image pixels processed together at full resolution; with
@@ -70,6 +74,7 @@ class SAMRefiner(Refiner):
         strength: float = 30.0,
         gaussian: str = "distance",
         multimask_output: bool = True,
+        distance: str = "exact",
         min_area: int = 1,
         stm_mu: float = 0.5,
         max_chunk_pixels: int = 1 << 26,
@@ -82,6 +87,8 @@ class SAMRefiner(Refiner):
             raise ValueError("at least one of use_point, use_box, use_mask must be on")
         if gaussian not in GAUSSIAN_KINDS:
             raise ValueError(f"gaussian must be one of {GAUSSIAN_KINDS}, got {gaussian!r}")
+        if distance not in DISTANCE_KINDS:
+            raise ValueError(f"distance must be one of {DISTANCE_KINDS}, got {distance!r}")
         self.engine = engine
         self.iterations = iterations
         self.use_point, self.use_box, self.use_mask = use_point, use_box, use_mask
@@ -89,6 +96,7 @@ class SAMRefiner(Refiner):
         self.margin, self.semantic_margin = margin, semantic_margin
         self.gamma, self.strength, self.gaussian = gamma, strength, gaussian
         self.multimask_output = multimask_output
+        self.distance = distance
         self.min_area = min_area
         self.stm_mu = stm_mu
         self.max_chunk_pixels = max_chunk_pixels
@@ -109,6 +117,7 @@ class SAMRefiner(Refiner):
         "strength": "the authors' code; the paper says 15",
         "gaussian": "the authors' code; the paper's eq. 3 is 'spatial'",
         "multimask_output": "paper and code: highest predicted IoU of 3 candidates",
+        "distance": "ours: exact Euclidean; 'raster' reproduces the authors' FastGeodis values",
         "min_area": "ours: masks under 1 pixel are empty",
         "stm_mu": "the authors' code",
         "max_chunk_pixels": "ours: bounds memory on large images",
@@ -138,6 +147,7 @@ class SAMRefiner(Refiner):
             "strength": self.strength,
             "gaussian": self.gaussian,
             "multimask_output": self.multimask_output,
+            "distance": self.distance,
             "min_area": self.min_area,
             "stm_mu": self.stm_mu,
         }
@@ -206,7 +216,7 @@ class SAMRefiner(Refiner):
         output = masks.copy()
         ious = np.full(count, np.nan, dtype=np.float32)
         soft: Optional[List[Optional[WindowedMap]]] = [None] * count if probabilities else None
-        areas = masks.sum(axis=(1, 2))
+        areas = np.count_nonzero(masks, axis=(1, 2))
         passed = {int(i): PASS_EMPTY for i in np.flatnonzero(areas == 0)}
         passed.update({int(i): PASS_BELOW_MIN_AREA for i in np.flatnonzero((areas > 0) & (areas < self.min_area))})
         todo = np.asarray([i for i in range(count) if i not in passed], dtype=np.int64)
@@ -222,8 +232,13 @@ class SAMRefiner(Refiner):
         chunk = max(1, min(self.engine.decoder_chunk_size, self.max_chunk_pixels // (height * width)))
         for start in range(0, todo.size, chunk):
             indices = todo[start : start + chunk]
-            refined, refined_ious, sam_empty, last_logits = self._cascade(embedding, masks[indices], similarity, margin, probabilities)
-            output[indices] = refined
+            # Consecutive masks are refined in place in the output (no whole-image copies).
+            contiguous = indices[-1] - indices[0] + 1 == indices.size
+            block = output[indices[0] : indices[-1] + 1] if contiguous else masks[indices]
+            refined, refined_ious, sam_empty, last_logits = self._cascade(embedding, block, similarity, margin, probabilities,
+                                                                          in_place=True)
+            if refined is not block or not contiguous:
+                output[indices] = refined
             ious[indices] = refined_ious
             passed.update({int(i): PASS_SAM_EMPTY for i in indices[sam_empty]})
             if probabilities:
@@ -242,9 +257,9 @@ class SAMRefiner(Refiner):
 
     def _cascade(
         self, embedding: ImageEmbedding, coarse: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float,
-        keep_logits: bool = False,
+        keep_logits: bool = False, in_place: bool = False,
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[torch.Tensor]]:
-        """Run the iterations on bool ``n x H x W`` non-empty masks.
+        """Run the iterations on bool ``n x H x W`` non-empty masks (``in_place``: in ``coarse`` itself).
 
         A mask whose SAM output is empty keeps its previous mask and stops iterating. A mask whose output
         equals its input has converged: prompts are a function of the mask alone, so every further
@@ -256,33 +271,41 @@ class SAMRefiner(Refiner):
             gave each returned mask (the last iteration's; a converged mask's last iteration is the one that
             reproduced it), else None.
         """
-        current = coarse.copy()
+        current = coarse if in_place else coarse.copy()
         ious = np.full(len(coarse), np.nan, dtype=np.float32)
         empty_first = np.zeros(len(coarse), dtype=bool)
         last_logits = None
         active = np.arange(len(coarse))
+        # Per mask a rectangle (x1, y1, x2, y2, inclusive) outside which it is False: postprocessing compares
+        # and writes only there, never whole images.
+        extents = masks_to_xyxy(coarse)
         for iteration in range(self.iterations):
             with self.timer("mine"):
-                prompts = self._prompts(embedding, current[active], similarity, margin)
+                masks = current if active.size == len(current) else current[active]
+                extents[active] = _tight_boxes(masks, extents[active])
+                prompts = self._prompts(embedding, masks, similarity, margin, extents[active])
             with self.timer("decode"):
                 logits, candidate_ious = self.engine.decode(embedding, multimask_output=self.multimask_output, **prompts)
             with self.timer("postprocess"):
                 best = candidate_ious.argmax(dim=1)
                 rows = torch.arange(len(best), device=best.device)
                 selected = logits[rows, best]
-                binary = self.engine.upsample_masks(selected, embedding)
+                windows = self.engine.upsample_windows(selected, embedding)
                 best_ious = candidate_ious[rows, best].cpu().numpy()
-                nonempty = binary.reshape(len(binary), -1).any(axis=1)
-                changed = (binary != current[active]).reshape(len(binary), -1).any(axis=1)
-                current[active[nonempty]] = binary[nonempty]
-                ious[active[nonempty]] = best_ious[nonempty]
+                keep = np.zeros(len(active), dtype=bool)  # non-empty and changed: iterate again
+                nonempty = np.zeros(len(active), dtype=bool)
+                for k, (index, (window, origin)) in enumerate(zip(active, windows)):
+                    if window is None or not window.any():  # empty: keeps its previous mask, stops
+                        empty_first[index] |= iteration == 0
+                        continue
+                    nonempty[k] = True
+                    keep[k] = _replace_if_changed(current[index], extents[index], window, origin)
+                    ious[index] = best_ious[k]
                 if keep_logits:
                     if last_logits is None:
                         last_logits = selected.new_zeros((len(coarse),) + tuple(selected.shape[1:]))
                     last_logits[torch.from_numpy(active[nonempty]).to(selected.device)] = selected[torch.from_numpy(nonempty).to(selected.device)]
-                if iteration == 0:
-                    empty_first[active[~nonempty]] = True
-                active = active[nonempty & changed]
+                active = active[keep]
             if active.size == 0:
                 break
         return current, ious, empty_first, last_logits
@@ -298,21 +321,23 @@ class SAMRefiner(Refiner):
         return self._prompts(embedding, masks, None, 0.0)
 
     def _prompts(
-        self, embedding: ImageEmbedding, masks: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float
+        self, embedding: ImageEmbedding, masks: np.ndarray, similarity: Optional[EmbeddingSimilarity], margin: float,
+        tight: Optional[np.ndarray] = None,
     ) -> Dict[str, torch.Tensor]:
-        """Decoder prompts for non-empty bool ``n x H x W`` masks (keyword arguments of ``SamEngine.decode``)."""
-        tight = masks_to_xyxy(masks)
-        depths = [interior_distance(mask, box) for mask, box in zip(masks, tight)]
+        """Decoder prompts for non-empty bool ``n x H x W`` masks (keyword arguments of ``SamEngine.decode``);
+        ``tight``: their tight boxes when known (int64 ``n x 4``)."""
+        tight = masks_to_xyxy(masks) if tight is None else tight
+        depths = [interior_distance(mask, box, self.distance) for mask, box in zip(masks, tight)]
         prompts: Dict[str, torch.Tensor] = {}
         if self.use_point:
-            coords, labels = point_prompts(masks, tight, depths, self.add_negative)
+            coords, labels = point_prompts(masks, tight, depths, self.add_negative, self.distance)
             prompts["point_coords"] = torch.from_numpy(coords)
             prompts["point_labels"] = torch.from_numpy(labels)
         expanded = np.zeros(len(masks), dtype=bool)
         if self.use_box:
             boxes = tight
             if similarity is not None:
-                boxes, expanded = elastic_boxes(tight, similarity.similar_near(masks, tight), margin, embedding.original_size)
+                boxes, expanded = elastic_boxes(tight, similarity.strips_near(masks, tight), margin, embedding.original_size)
             prompts["boxes"] = torch.from_numpy(boxes.astype(np.float32))
         if self.use_mask:
             crops = [mask[y1 : y2 + 1, x1 : x2 + 1] for mask, (x1, y1, x2, y2) in zip(masks, tight)]
@@ -325,3 +350,31 @@ class SAMRefiner(Refiner):
             amplitude = np.where(expanded, 1.0, self.strength)
             prompts["mask_inputs"] = dense_mask_prompt(crops, weights, tight, amplitude, self.engine.mask_input_frame(embedding))
         return prompts
+
+
+def _replace_if_changed(mask: np.ndarray, extent: np.ndarray, window: np.ndarray, origin: Tuple[int, int]) -> bool:
+    """Make bool ``H x W`` ``mask`` (False outside the rectangle ``extent``) equal to ``window`` placed at
+    ``origin`` and False elsewhere; update ``extent`` in place. Returns whether the mask changed."""
+    x0, y0 = origin
+    x1, y1 = min(int(extent[0]), x0), min(int(extent[1]), y0)
+    x2 = max(int(extent[2]), x0 + window.shape[1] - 1)
+    y2 = max(int(extent[3]), y0 + window.shape[0] - 1)
+    new = np.zeros((y2 - y1 + 1, x2 - x1 + 1), dtype=bool)
+    new[y0 - y1 : y0 - y1 + window.shape[0], x0 - x1 : x0 - x1 + window.shape[1]] = window
+    region = mask[y1 : y2 + 1, x1 : x2 + 1]
+    if np.array_equal(region, new):
+        return False
+    region[...] = new
+    extent[:] = (x0, y0, x0 + window.shape[1] - 1, y0 + window.shape[0] - 1)
+    return True
+
+
+def _tight_boxes(masks: np.ndarray, extents: np.ndarray) -> np.ndarray:
+    """int64 ``n x 4`` tight inclusive boxes of non-empty bool ``n x H x W`` masks, each False outside its
+    rectangle in ``extents`` (``n x 4``): found by looking inside the rectangles only."""
+    boxes = np.empty((len(masks), 4), dtype=np.int64)
+    for i, (mask, (x1, y1, x2, y2)) in enumerate(zip(masks, extents)):
+        inside = mask[y1 : y2 + 1, x1 : x2 + 1]
+        rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+        boxes[i] = (x1 + cols[0], y1 + rows[0], x1 + cols[-1], y1 + rows[-1])
+    return boxes

@@ -7,6 +7,7 @@ resized-image frame (longest side = encoder input size) exactly like ``ResizeLon
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -51,7 +52,9 @@ class SamEngine:
     Args:
         model: a ``segment_anything`` ``Sam`` (or HQ-SAM) in eval mode.
         device: where the model runs (``cpu``, ``cuda``, ``cuda:1``...).
-        precision: ``fp32``, or ``bf16``/``fp16`` autocast for the image encoder (the decoder stays fp32).
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast for the image encoder and for the mask decoder's
+            transformer and upscaling (thresholds and IoU predictions stay float32, see
+            :meth:`_decoder_autocast`). ``fp32`` is bit-reproducible (README "Reproducibility").
         decoder_chunk_size: prompt sets decoded per decoder call; bounds memory for images with many masks.
         batch_invariant: decode one prompt set per decoder call so that a mask's result never depends
             on which other masks share its batch. CPU GEMM kernels round differently for different
@@ -206,10 +209,69 @@ class SamEngine:
             return self._decode_chunk(embedding, None, box, None, True)
 
     def _decode_chunk(self, embedding, points, boxes, masks, multimask_output):
+        with self._decoder_precision():
+            return self._run_decoder(embedding, points, boxes, masks, multimask_output)
+
+    @contextlib.contextmanager
+    def _decoder_precision(self):
+        """How the mask decoder's two-way transformer and output upscaling (nearly all of its arithmetic) run
+        during one decoder call.
+
+        The transformer gets the image embedding and its positional encoding in channels-last layout: it
+        flattens them to ``B x HW x C`` tokens, which are then contiguous, so its additions and projections
+        stop striding across memory and copying (about 10% of a CPU decoder pass). Every value is the
+        same: only the layout of the inputs changes.
+
+        With ``bf16``/``fp16`` both modules run in that dtype and hand float32 on; prompt encoding, the
+        hypernetwork MLPs, the mask product and the IoU head stay float32, so thresholds and candidate
+        ranking see float32. Without autograd they run as low-precision copies of the two modules (no
+        per-call casts of weights and activations: on CPU that is most of autocast's cost); the copies
+        follow the model's weights (recast when a parameter changes). With autograd (training an adapter)
+        they run under autocast on the model's own modules, so gradients reach them.
+        """
+        dtype = PRECISIONS[self.precision]
+        decoder = self.model.mask_decoder
+        names = ("transformer", "output_upscaling")
+        if dtype is None:
+            forwards = [decoder.transformer.forward, decoder.output_upscaling.forward]
+        elif torch.is_grad_enabled():
+            forwards = [_autocast_to_float32(getattr(decoder, name).forward, self.device.type, dtype) for name in names]
+        else:
+            forwards = [_cast_to_float32(module, dtype) for module in self._low_precision_modules(names, dtype)]
+        forwards[0] = _channels_last_images(forwards[0])
+        for name, forward in zip(names, forwards):  # an instance attribute shadows the class's forward
+            getattr(decoder, name).forward = forward
+        try:
+            yield
+        finally:
+            for name in names:
+                del getattr(decoder, name).forward
+
+    def _dense_pe(self) -> torch.Tensor:
+        """``prompt_encoder.get_dense_pe()``, computed once (it depends only on the encoder's fixed random
+        projection, a buffer: recomputed when that buffer changes)."""
+        buffer = self.model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        key = (buffer.data_ptr(), buffer._version, buffer.device)
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe_value = self.model.prompt_encoder.get_dense_pe()
+            self._dense_pe_key = key
+        return self._dense_pe_value
+
+    def _low_precision_modules(self, names, dtype) -> List[torch.nn.Module]:
+        """``dtype`` copies of the named mask-decoder modules, remade when the model's weights changed."""
+        decoder = self.model.mask_decoder
+        sources = [getattr(decoder, name) for name in names]
+        state = tuple((p.data_ptr(), p._version, p.device) for m in sources for p in m.parameters())
+        if getattr(self, "_low_precision_state", None) != (dtype, state):
+            self._low_precision_copies = [copy.deepcopy(m).to(dtype) for m in sources]
+            self._low_precision_state = (dtype, state)
+        return self._low_precision_copies
+
+    def _run_decoder(self, embedding, points, boxes, masks, multimask_output):
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         kwargs = dict(
             image_embeddings=embedding.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=self._dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
@@ -242,14 +304,22 @@ class SamEngine:
         Equals ``upsample_logits(...) > 0`` (up to float rounding at |logit| ~ 1e-6) but computes only the
         part of the image where a mask can be positive, so its cost follows the objects' size.
         """
-        rows, cols = self.low_res_frame(embedding)
         masks = np.zeros((low_res_logits.shape[0],) + tuple(embedding.original_size), dtype=bool)
-        for i, logits in enumerate(low_res_logits):
-            window, origin = positive_window(rows, cols, logits.float())
+        for i, (window, origin) in enumerate(self.upsample_windows(low_res_logits, embedding)):
             if window is not None:
                 x0, y0 = origin
-                masks[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window.cpu().numpy()
+                masks[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window
         return masks
+
+    def upsample_windows(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> List[Tuple[Optional[np.ndarray], Optional[Tuple[int, int]]]]:
+        """:meth:`upsample_masks` without the full-size arrays: per mask a bool window of its original-size
+        mask and the window's top-left ``(x0, y0)`` (the mask is False outside), or ``(None, None)``."""
+        rows, cols = self.low_res_frame(embedding)
+        windows = []
+        for logits in low_res_logits:
+            window, origin = positive_window(rows, cols, logits.float())
+            windows.append((None, None) if window is None else (window.cpu().numpy(), origin))
+        return windows
 
     def upsample_logits_window(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding, box) -> torch.Tensor:
         """float ``m x m`` low-res logits of one mask -> float32 ``h x w`` logits at the original size on the
@@ -264,3 +334,38 @@ class SamEngine:
         new_h, new_w = embedding.input_size
         logits = F.interpolate(logits[..., :new_h, :new_w], embedding.original_size, mode="bilinear", align_corners=False)
         return logits[:, 0]
+
+
+def _channels_last_images(forward):
+    """A two-way-transformer forward that receives ``image_embedding`` and ``image_pe`` (``B x C x H x W``)
+    in channels-last layout (same values)."""
+
+    def wrapped(image_embedding, image_pe, point_embedding):
+        return forward(image_embedding.contiguous(memory_format=torch.channels_last),
+                       image_pe.contiguous(memory_format=torch.channels_last), point_embedding)
+
+    return wrapped
+
+
+def _cast_to_float32(module: torch.nn.Module, dtype: torch.dtype):
+    """A forward that runs ``module`` (already in ``dtype``) on its float inputs cast to ``dtype`` and casts
+    its outputs (a tensor or tuple of tensors) to float32."""
+
+    def forward(*args):
+        output = module(*(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+        return tuple(t.float() for t in output) if isinstance(output, tuple) else output.float()
+
+    return forward
+
+
+def _autocast_to_float32(forward, device_type: str, dtype: torch.dtype):
+    """``forward`` run under autocast, its tensor outputs (or tuple of them) cast to float32."""
+
+    def wrapped(*args, **kwargs):
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            output = forward(*args, **kwargs)
+        if isinstance(output, tuple):
+            return tuple(t.float() for t in output)
+        return output.float()
+
+    return wrapped

@@ -457,3 +457,16 @@ def test_pseudo_label_hook_under_ddp_equals_one_process(dataset, sam_checkpoint,
     assert sorted(map(key, outputs[2][0])) == sorted(map(key, outputs[1][0]))
     assert sorted(map(key, outputs[2][1])) == sorted(map(key, outputs[1][1]))
     assert any(a["segmentation"] != b["segmentation"] for a, b in zip(outputs[1][0], outputs[1][1]))  # refined
+
+
+def test_distance_key_reaches_the_refiner():
+    """MODEL.REFINER.SAMREFINER keys come from SAMRefiner's signature: the raster distance (issue 13) too."""
+    from refine_hooks.detectron2.config import refinement_options_from_config
+
+    cfg = get_cfg()
+    add_refiner_config(cfg)
+    assert cfg.MODEL.REFINER.SAMREFINER.DISTANCE == "exact"
+    cfg.MODEL.REFINER.SAMREFINER.DISTANCE = "raster"
+    cfg.MODEL.REFINER.MODEL_TYPE = "tiny"
+    refiner = build_refiner(refinement_options_from_config(cfg).refiner)
+    assert refiner.distance == "raster" and refiner.config["distance"] == "raster"
