@@ -1,0 +1,101 @@
+"""Does refiner training learn? A tiny SAM's refiner trained by tools/train_refiner.py with Phoenix's
+defaults (AMP noise, CMRL on) for a few CPU minutes refines held-out noisy masks far better than the same
+refiner before training.
+
+What this shows and what it does not (README, "Phoenix: trained refiners"):
+- No real SAM weights exist here. The stand-in for pre-trained SAM is a tiny SAM of the real modules whose
+  prompt encoder and mask decoder are fitted to generated shapes from point and box prompts
+  (``standin_sam``; its encoder stays random). AMP needs such a decoder: it perturbs what the decoder
+  segments for the target's prompts. The stand-in never saw a mask prompt, so before training the refiner
+  (points, box and the coarse mask as dense prompt) is poor: what training must teach it is to use the
+  coarse mask and correct it.
+- Training runs as the product trains (the tool, AMP, CMRL, SAM's losses, the checkpoint format) and the
+  evaluation as the product refines (``build_refiner(type="Phoenix")``), on held-out images with a noise the
+  trainer never draws (two morphological perturbations and blob noise). "Before" is the same checkpoint
+  with the stand-in's untrained prompt encoder and decoder weights.
+- It does not show that the trained refiner beats its noisy input (on this stand-in it does not within a
+  test's budget: measured numbers in the README), how much Phoenix gains on real data, nor that AMP beats
+  morphological noise (the paper's claim): those need real SAM weights and a GPU.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from shapes import load_coco_masks, make_shapes_coco
+from standin_sam import STANDIN_CONFIG, fit_standin_sam
+from training_helpers import REPO
+
+from refine_hooks.refiners import build_refiner
+from refine_hooks.sam.build import TINY_CONFIG_KEY
+from refine_hooks.sam.refiner_weights import read_refiner_checkpoint
+from refine_hooks.training.phoenix.noise import blob_noise, morphological_noise
+
+STANDIN_STEPS = 400
+TRAIN_ITERATIONS = 60
+# Measured when this test was written (2-core CPU, these seeds, ~3 min): held-out mean IoU before training
+# 0.146, after 15 iterations 0.368, after 60 0.455 (200: 0.452); the noisy input's is 0.634. The test asks
+# for half of the gain at 60.
+MEASURED_GAIN = 0.455 - 0.146
+SAFE_FRACTION = 0.5
+
+
+def held_out_noise(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Two morphological perturbations and blob noise on top: a noise the trainer never draws."""
+    return blob_noise(morphological_noise(morphological_noise(mask, rng), rng), rng)
+
+
+def mean_held_out_iou(refiner, scenes, seed: int = 0):
+    """(noisy, refined) mean IoU with the targets over every mask of ``scenes``, one refinement per mask."""
+    rng = np.random.default_rng(seed)
+    noisy_ious, refined_ious = [], []
+    for scene in scenes:
+        noisy = np.stack([held_out_noise(mask, rng) for mask in scene["masks"]])
+        refined = refiner.refine(scene["image"], noisy).masks
+        for target, before, after in zip(scene["masks"], noisy, refined):
+            noisy_ious.append((before & target).sum() / max((before | target).sum(), 1))
+            refined_ious.append((after & target).sum() / max((after | target).sum(), 1))
+    return float(np.mean(noisy_ious)), float(np.mean(refined_ious))
+
+
+@pytest.mark.timeout(3600)
+def test_trained_refiner_refines_held_out_masks_better_than_before_training(tmp_path):
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    root = str(tmp_path)
+    train = make_shapes_coco(root, num_images=200, seed=1, name="train")
+    held = load_coco_masks(make_shapes_coco(root, num_images=30, seed=2, name="held"), root)
+    sam, _ = fit_standin_sam(load_coco_masks(train, root), steps=STANDIN_STEPS, batch=8)
+    standin = str(tmp_path / "standin.pth")
+    torch.save({TINY_CONFIG_KEY: dataclasses.asdict(STANDIN_CONFIG), "model": sam.state_dict()}, standin)
+
+    out = str(tmp_path / "phoenix.pth")
+    command = [sys.executable, os.path.join(REPO, "tools", "train_refiner.py"), "--coco", train, root,
+               "--model-type", "tiny", "--checkpoint", standin, "--out", out, "--iterations", str(TRAIN_ITERATIONS),
+               "--batch-size", "8", "--lr", "2e-3", "--warmup", "5", "--cache-dir", str(tmp_path / "cache"),
+               "--workers", "0", "--no-progress"]
+    run = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert run.returncode == 0, run.stderr[-2000:]
+    with open(out + ".work/log.jsonl") as handle:
+        log = [json.loads(line) for line in handle]
+    assert sum(row["amp_updates_per_mask"] for row in log) > 0  # AMP really perturbed masks
+    assert any(row["cmrl"] > 0 for row in log)  # and CMRL took part
+
+    # Before training: the same checkpoint (encoding, prompts) holding the stand-in's own weights.
+    before = read_refiner_checkpoint(out)
+    state = sam.state_dict()
+    before["weights"] = {key: state[key].clone() for key in before["weights"]}
+    torch.save(before, tmp_path / "before.pth")
+
+    results = {}
+    for name, path in (("before", str(tmp_path / "before.pth")), ("after", out)):
+        refiner = build_refiner(dict(type="Phoenix", model_type="tiny", checkpoint=standin, refiner_checkpoint=path,
+                                     iterations=1))
+        noisy, results[name] = mean_held_out_iou(refiner, held)
+    print(f"held-out mean IoU: noisy {noisy:.3f}, before training {results['before']:.3f}, after {results['after']:.3f}")
+    assert results["after"] - results["before"] >= SAFE_FRACTION * MEASURED_GAIN, results
