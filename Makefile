@@ -10,7 +10,7 @@ DEVICE ?= cpu
 OUT ?= outputs/demo
 DEMO := tools/demo_data
 
-.PHONY: install mmdet detectron2 demo test
+.PHONY: install mmdet detectron2 fastgeodis demo test
 
 $(VENV)/.installed: setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -29,6 +29,10 @@ mmdet: install
 detectron2: install
 	bash tools/install_detectron2.sh $(PY)
 
+# FastGeodis, only for the test that checks distance="raster" against the authors' library (~1 minute, cached).
+fastgeodis: install
+	bash tools/install_fastgeodis.sh $(PY)
+
 demo: install
 	$(PY) tools/refine_pseudo_labels.py $(DEMO)/coarse.json --images $(DEMO)/images --out $(OUT)/refined.json \
 		--model-type $(MODEL) --device $(DEVICE) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
@@ -37,5 +41,5 @@ demo: install
 	$(PY) tools/evaluate.py --gt $(DEMO)/ground_truth.json --dt $(DEMO)/coarse.json --compare $(OUT)/refined.json \
 		--iou-type segm boundary --out $(OUT)/metrics.json
 
-test: install mmdet detectron2
+test: install mmdet detectron2 fastgeodis
 	$(PY) -m pytest tests
