@@ -78,7 +78,7 @@ def run(model_type: str, *, cache: bool, height: int, width: int, images: int, i
         trainer.train()
         total = time.perf_counter() - start
     epoch = max(1, -(-len(trainer.refs) // batch_size))  # iterations until every target was seen once
-    later = times.seconds[epoch:] or times.seconds
+    later = times.seconds[epoch:]  # empty when the run is not longer than one epoch: reported as null
     return {
         "model_type": model_type,
         "image_size": f"{height}x{width}",
@@ -88,7 +88,7 @@ def run(model_type: str, *, cache: bool, height: int, width: int, images: int, i
         "batch_size": batch_size,
         "iterations": iterations,
         "s_per_iteration": round(total / iterations, 3),
-        "s_per_iteration_after_first_epoch": round(float(np.mean(later)), 3),
+        "s_per_iteration_after_first_epoch": round(float(np.mean(later)), 3) if later else None,
         "iterations_per_s": round(iterations / total, 3),
         **{f"{stage}_s_per_iteration": round(seconds / iterations, 4) for stage, seconds in sorted(timer.seconds.items())},
         "amp_updates_per_mask": round(times.updates / max(times.amp_masks, 1), 2),
