@@ -1,6 +1,8 @@
-"""Does refiner training learn? A tiny SAM's refiner trained by tools/train_refiner.py with Phoenix's
-defaults (AMP noise, CMRL on) for a few CPU minutes refines held-out noisy masks far better than the same
-refiner before training.
+"""Does refiner training learn? Two tests on a tiny SAM, trained by tools/train_refiner.py:
+- with Phoenix's defaults (AMP noise, CMRL on) for a few CPU minutes, the refiner refines held-out noisy
+  masks far better than the same refiner before training;
+- with ``--noise morphological`` for ~5 CPU minutes, it refines held-out noisy masks to a higher mean IoU
+  than they came in with.
 
 What this shows and what it does not (README, "Phoenix: trained refiners"):
 - No real SAM weights exist here. The stand-in for pre-trained SAM is a tiny SAM of the real modules whose
@@ -11,11 +13,12 @@ What this shows and what it does not (README, "Phoenix: trained refiners"):
   coarse mask and correct it.
 - Training runs as the product trains (the tool, AMP, CMRL, SAM's losses, the checkpoint format) and the
   evaluation as the product refines (``build_refiner(type="Phoenix")``), on held-out images with a noise the
-  trainer never draws (two morphological perturbations and blob noise). "Before" is the same checkpoint
+  AMP trainer never draws (two morphological perturbations and blob noise). "Before" is the same checkpoint
   with the stand-in's untrained prompt encoder and decoder weights.
-- It does not show that the trained refiner beats its noisy input (on this stand-in it does not within a
-  test's budget: measured numbers in the README), how much Phoenix gains on real data, nor that AMP beats
-  morphological noise (the paper's claim): those need real SAM weights and a GPU.
+- It does not show an AMP-trained refiner beating its noisy input (on this stand-in AMP's refiners plateau
+  near the stand-in's own segmentation quality: measured numbers in the README), how much Phoenix gains on
+  real data, nor that AMP beats morphological noise (the paper's claim): those need real SAM weights and a
+  GPU.
 """
 
 import dataclasses
@@ -43,6 +46,10 @@ TRAIN_ITERATIONS = 60
 # 0.146, after 15 iterations 0.368, after 60 0.455; the noisy input's is 0.634. The test asks
 # for half of the gain at 60.
 MEASURED_GAIN = 0.455 - 0.146
+# The refiner trained on morphological noise for 1000 iterations (~5 min): held-out 0.634 -> 0.678 (measured
+# outside the test with the same stand-in: clean targets come back at 0.885, the tiny decoder's capacity).
+MORPHOLOGICAL_ITERATIONS = 1000
+MEASURED_MORPHOLOGICAL_GAIN = 0.678 - 0.634
 SAFE_FRACTION = 0.5
 
 
@@ -64,38 +71,64 @@ def mean_held_out_iou(refiner, scenes, seed: int = 0):
     return float(np.mean(noisy_ious)), float(np.mean(refined_ious))
 
 
-@pytest.mark.timeout(3600)
-def test_trained_refiner_refines_held_out_masks_better_than_before_training(tmp_path):
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """Generated train / held-out shapes and the fitted stand-in SAM, shared by the tests of this module."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    root = str(tmp_path)
+    root = str(tmp_path_factory.mktemp("learning"))
     train = make_shapes_coco(root, num_images=200, seed=1, name="train")
     held = load_coco_masks(make_shapes_coco(root, num_images=30, seed=2, name="held"), root)
     sam, _ = fit_standin_sam(load_coco_masks(train, root), steps=STANDIN_STEPS, batch=8)
-    standin = str(tmp_path / "standin.pth")
-    torch.save({TINY_CONFIG_KEY: dataclasses.asdict(STANDIN_CONFIG), "model": sam.state_dict()}, standin)
+    path = os.path.join(root, "standin.pth")
+    torch.save({TINY_CONFIG_KEY: dataclasses.asdict(STANDIN_CONFIG), "model": sam.state_dict()}, path)
+    return {"root": root, "train": train, "held": held, "sam": sam, "checkpoint": path}
 
-    out = str(tmp_path / "phoenix.pth")
-    command = [sys.executable, os.path.join(REPO, "tools", "train_refiner.py"), "--coco", train, root,
-               "--model-type", "tiny", "--checkpoint", standin, "--out", out, "--iterations", str(TRAIN_ITERATIONS),
-               "--batch-size", "8", "--lr", "2e-3", "--warmup", "5", "--cache-dir", str(tmp_path / "cache"),
-               "--workers", "0", "--no-progress"]
+
+def train_refiner(standin, out: str, iterations: int, *options: str):
+    """Run tools/train_refiner.py on the stand-in; returns the JSON-lines log."""
+    command = [sys.executable, os.path.join(REPO, "tools", "train_refiner.py"), "--coco", standin["train"],
+               standin["root"], "--model-type", "tiny", "--checkpoint", standin["checkpoint"], "--out", out,
+               "--iterations", str(iterations), "--batch-size", "8", "--lr", "2e-3",
+               "--cache-dir", os.path.join(standin["root"], "cache"), "--workers", "0", "--no-progress", *options]
     run = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
     assert run.returncode == 0, run.stderr[-2000:]
     with open(out + ".work/log.jsonl") as handle:
-        log = [json.loads(line) for line in handle]
+        return [json.loads(line) for line in handle]
+
+
+def phoenix(standin, refiner_checkpoint: str):
+    return build_refiner(dict(type="Phoenix", model_type="tiny", checkpoint=standin["checkpoint"],
+                              refiner_checkpoint=refiner_checkpoint, iterations=1))
+
+
+@pytest.mark.timeout(3600)
+def test_trained_refiner_refines_held_out_masks_better_than_before_training(standin, tmp_path):
+    out = str(tmp_path / "phoenix.pth")
+    log = train_refiner(standin, out, TRAIN_ITERATIONS, "--warmup", "5")  # Phoenix's defaults: AMP, CMRL
     assert sum(row["amp_updates_per_mask"] for row in log) > 0  # AMP really perturbed masks
     assert any(row["cmrl"] > 0 for row in log)  # and CMRL took part
 
     # Before training: the same checkpoint (encoding, prompts) holding the stand-in's own weights.
     before = read_refiner_checkpoint(out)
-    state = sam.state_dict()
+    state = standin["sam"].state_dict()
     before["weights"] = {key: state[key].clone() for key in before["weights"]}
     torch.save(before, tmp_path / "before.pth")
 
     results = {}
     for name, path in (("before", str(tmp_path / "before.pth")), ("after", out)):
-        refiner = build_refiner(dict(type="Phoenix", model_type="tiny", checkpoint=standin, refiner_checkpoint=path,
-                                     iterations=1))
-        noisy, results[name] = mean_held_out_iou(refiner, held)
+        noisy, results[name] = mean_held_out_iou(phoenix(standin, path), standin["held"])
     print(f"held-out mean IoU: noisy {noisy:.3f}, before training {results['before']:.3f}, after {results['after']:.3f}")
     assert results["after"] - results["before"] >= SAFE_FRACTION * MEASURED_GAIN, results
+
+
+@pytest.mark.timeout(3600)
+def test_refiner_trained_on_morphological_noise_improves_held_out_noisy_masks(standin, tmp_path):
+    """The trainer can make a refiner that beats its input: ``--noise morphological`` (the SegRefiner-style
+    baseline) for 1000 iterations (~5 CPU minutes). The held-out noise compounds two morphological draws
+    (the kind it trained on, stronger) with blob noise (never trained on)."""
+    out = str(tmp_path / "morphological.pth")
+    train_refiner(standin, out, MORPHOLOGICAL_ITERATIONS, "--warmup", "10", "--noise", "morphological",
+                  "--no-contrastive")
+    noisy, refined = mean_held_out_iou(phoenix(standin, out), standin["held"])
+    print(f"held-out mean IoU: noisy {noisy:.3f}, refined {refined:.3f}")
+    assert refined - noisy >= SAFE_FRACTION * MEASURED_MORPHOLOGICAL_GAIN, (noisy, refined)
