@@ -79,3 +79,25 @@ def write_refined_round(root: str) -> str:
     refine_annotation_file(coarse, os.path.join(root, "images"), refined,
                            JobOptions(model_type="tiny", workers=0, progress=False, uncertainty=True, refiner_kwargs={"iterations": 2}))
     return refined
+
+
+def write_other_annotation_file(refined: str, path: str) -> str:
+    """A copy of ``refined`` whose annotation ids are all different: ``refined``'s sidecar does not fit it."""
+    with open(refined) as handle:
+        coco = json.load(handle)
+    with open(path, "w") as handle:
+        json.dump(dict(coco, annotations=[dict(a, id=a["id"] + 1000) for a in coco["annotations"]]), handle)
+    return path
+
+
+def write_resized_sidecar(refined: str, path: str):
+    """``refined``'s uncertainty sidecar, its first map claiming a twice larger image; returns that map's
+    annotation id and the claimed ``(height, width)``."""
+    from refine_hooks.uncertainty import KIND_UNCERTAINTY, MapEntry, MapFile, uncertainty_path, write_map_file
+
+    maps = MapFile(uncertainty_path(refined))
+    entries = [maps.entry(int(key)) for key in maps.keys()]
+    first = entries[0]
+    entries[0] = MapEntry.from_levels(first.key, first.height * 2, first.width * 2, first.levels())
+    write_map_file(path, entries, kind=KIND_UNCERTAINTY)
+    return first.key, (first.height * 2, first.width * 2)

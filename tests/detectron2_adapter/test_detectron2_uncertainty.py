@@ -29,9 +29,8 @@ from refine_hooks.data.masks import segmentation_to_mask  # noqa: E402
 from refine_hooks.detectron2 import (PseudoLabelRefineHook, UncertaintyDatasetMapper, add_uncertainty_config,  # noqa: E402
                                      register_coco_instances_with_uncertainty)
 from refine_hooks.detectron2 import uncertainty as d2_uncertainty  # noqa: E402
-from refine_hooks.uncertainty import (KIND_UNCERTAINTY, MapEntry, MapFile, MapFileError, certainty_from_levels,  # noqa: E402
-                                      uncertainty_path, write_map_file)
-from tiny_coco import make_tiny_coco, write_refined_round  # noqa: E402
+from refine_hooks.uncertainty import MapFile, MapFileError, certainty_from_levels, uncertainty_path  # noqa: E402
+from tiny_coco import make_tiny_coco, write_other_annotation_file, write_refined_round, write_resized_sidecar  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERLAY = os.path.join(REPO, "configs", "detectron2", "uncertainty.yaml")
@@ -164,22 +163,12 @@ def test_next_round_mask_rcnn_trains_with_the_roi_aligned_certainty(refined_roun
 def test_sidecars_that_do_not_fit_are_named(refined_round, tmp_path):
     name, root, refined = refined_round
     images = os.path.join(root, "images")
-    with open(refined) as f:
-        coco = json.load(f)
-    other = dict(coco, annotations=[dict(a, id=a["id"] + 1000) for a in coco["annotations"]])
-    other_path = str(tmp_path / "other.json")
-    with open(other_path, "w") as f:
-        json.dump(other, f)
-    maps = MapFile(uncertainty_path(refined))
-    key = int(maps.keys()[0])
-    entry = maps.entry(key)
+    other_path = write_other_annotation_file(refined, str(tmp_path / "other.json"))
     resized = str(tmp_path / "resized.bin")
-    entries = [maps.entry(int(k)) for k in maps.keys()]  # the file's maps, the first one for a twice larger image
-    entries[0] = MapEntry.from_levels(key, entry.height * 2, entry.width * 2, entry.levels())
-    write_map_file(resized, entries, kind=KIND_UNCERTAINTY)
+    key, (height, width) = write_resized_sidecar(refined, resized)
     cases = {
         "other": (other_path, uncertainty_path(refined), MapFileError, "other.json does not have .*another annotation file"),
-        "resized": (refined, resized, MapFileError, f"annotation id {key} .*{entry.height * 2}x{entry.width * 2} image"),
+        "resized": (refined, resized, MapFileError, f"annotation id {key} .*{height}x{width} image"),
         "missing": (refined, str(tmp_path / "missing.bin"), FileNotFoundError, "missing.bin of .*pseudo_refined.json does not exist"),
     }
     for case, (json_file, sidecar, error, message) in cases.items():

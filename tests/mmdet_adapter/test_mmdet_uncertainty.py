@@ -27,12 +27,11 @@ from mmdet.structures.mask import BitmapMasks  # noqa: E402
 from refine_hooks.data.masks import segmentation_to_mask  # noqa: E402
 from refine_hooks.mmdet.uncertainty import (BitmapMasksWithUncertainty, UncertaintyAwareCrossEntropyLoss,  # noqa: E402
                                             UncertaintyAwareDiceLoss, UncertaintyAwareFocalLoss)
-from refine_hooks.uncertainty import (KIND_UNCERTAINTY, MapEntry, MapFile, MapFileError, certainty_from_levels,  # noqa: E402
-                                      uncertainty_path, write_map_file)
+from refine_hooks.uncertainty import MapFile, MapFileError, certainty_from_levels, uncertainty_path  # noqa: E402
 from refine_hooks.data.windows import WindowedMap  # noqa: E402
 
 from mmdet_test_utils import CLASSES, CONFIGS, TINY_REFINER, dataloader, runner_config, small_model  # noqa: E402
-from tiny_coco import write_refined_round  # noqa: E402
+from tiny_coco import write_other_annotation_file, write_refined_round, write_resized_sidecar  # noqa: E402
 
 UA_MASK_RCNN = os.path.join(CONFIGS, "uncertainty", "mask-rcnn_r50_fpn_1x_coco_uncertainty.py")
 UA_MASK2FORMER = os.path.join(CONFIGS, "uncertainty", "mask2former_r50_8xb2-lsj-50e_coco_uncertainty.py")
@@ -262,29 +261,19 @@ def test_next_round_mask_rcnn_trains_with_the_roi_aligned_certainty(refined_roun
 
 def test_sidecars_that_do_not_fit_are_named(refined_round, tmp_path):
     root, refined = refined_round
-    with open(refined) as f:
-        coco = json.load(f)
 
     def build(ann_file, **kwargs):
         return DATASETS.build(dict(type="UncertaintyCocoDataset", data_root=root, ann_file=ann_file, data_prefix=dict(img="images/"),
                                    metainfo=dict(classes=CLASSES), pipeline=[], **kwargs))
 
     # another annotation file's sidecar: its ids are not this file's
-    other = dict(coco, annotations=[dict(a, id=a["id"] + 1000) for a in coco["annotations"]])
-    other_path = os.path.join(root, "other.json")
-    with open(other_path, "w") as f:
-        json.dump(other, f)
+    write_other_annotation_file(refined, os.path.join(root, "other.json"))
     with pytest.raises(MapFileError, match=r"pseudo_refined.uncertainty.bin \(for .*other.json\).*another annotation file"):
         build("other.json", uncertainty_file="pseudo_refined.uncertainty.bin")
     # a sidecar whose maps are for another image size
-    maps = MapFile(uncertainty_path(refined))
-    key = int(maps.keys()[0])
-    entry = maps.entry(key)
     resized = str(tmp_path / "resized.bin")
-    entries = [maps.entry(int(k)) for k in maps.keys()]  # the file's maps, the first one for a twice larger image
-    entries[0] = MapEntry.from_levels(key, entry.height * 2, entry.width * 2, entry.levels())
-    write_map_file(resized, entries, kind=KIND_UNCERTAINTY)
-    with pytest.raises(MapFileError, match=rf"annotation id {key} .*map is for a {entry.height * 2}x{entry.width * 2} image"):
+    key, (height, width) = write_resized_sidecar(refined, resized)
+    with pytest.raises(MapFileError, match=rf"annotation id {key} .*map is for a {height}x{width} image"):
         build(os.path.basename(refined), uncertainty_file=resized)
     # no sidecar where the config asks for one
     with pytest.raises(FileNotFoundError, match=r"uncertainty sidecar .*missing.bin of .*pseudo_refined.json does not exist"):
