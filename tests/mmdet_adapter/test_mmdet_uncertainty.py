@@ -24,6 +24,7 @@ import refine_hooks.mmdet  # noqa: E402,F401  (registers)
 from mmdet.models.losses import CrossEntropyLoss, DiceLoss, FocalLoss  # noqa: E402
 from mmdet.registry import DATASETS, MODELS, TRANSFORMS  # noqa: E402
 from mmdet.structures.mask import BitmapMasks  # noqa: E402
+from mmdet.utils import register_all_modules  # noqa: E402
 from refine_hooks.data.masks import segmentation_to_mask  # noqa: E402
 from refine_hooks.mmdet.uncertainty import (BitmapMasksWithUncertainty, UncertaintyAwareCrossEntropyLoss,  # noqa: E402
                                             UncertaintyAwareDiceLoss, UncertaintyAwareFocalLoss)
@@ -35,6 +36,7 @@ from tiny_coco import write_other_annotation_file, write_refined_round, write_re
 
 UA_MASK_RCNN = os.path.join(CONFIGS, "uncertainty", "mask-rcnn_r50_fpn_1x_coco_uncertainty.py")
 UA_MASK2FORMER = os.path.join(CONFIGS, "uncertainty", "mask2former_r50_8xb2-lsj-50e_coco_uncertainty.py")
+register_all_modules(init_default_scope=True)  # pipelines built outside a Runner (as when a test runs alone)
 
 
 @pytest.fixture(scope="module")
