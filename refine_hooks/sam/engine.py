@@ -248,16 +248,12 @@ class SamEngine:
                 del getattr(decoder, name).forward
 
     def _dense_pe(self) -> torch.Tensor:
-        """``prompt_encoder.get_dense_pe()``, computed once (it depends only on the encoder's fixed random
-        projection, a buffer: recomputed when that buffer changes), in standard contiguous layout.
-
-        SAM returns it as a permuted view (channels last in memory), and the decoder's
-        ``repeat_interleave`` of such a tensor is a slow strided gather: about 7 ms of a ~90 ms fp32 vit_b
-        pass on one CPU thread, against 0.3 ms for the contiguous copy (same values)."""
+        """:func:`dense_positional_encoding`, computed once (it depends only on the encoder's fixed random
+        projection, a buffer: recomputed when that buffer changes)."""
         buffer = self.model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
         key = (buffer.data_ptr(), buffer._version, buffer.device)
         if getattr(self, "_dense_pe_key", None) != key:
-            self._dense_pe_value = self.model.prompt_encoder.get_dense_pe().contiguous()
+            self._dense_pe_value = dense_positional_encoding(self.model.prompt_encoder)
             self._dense_pe_key = key
         return self._dense_pe_value
 
@@ -338,6 +334,16 @@ class SamEngine:
         new_h, new_w = embedding.input_size
         logits = F.interpolate(logits[..., :new_h, :new_w], embedding.original_size, mode="bilinear", align_corners=False)
         return logits[:, 0]
+
+
+def dense_positional_encoding(prompt_encoder: torch.nn.Module) -> torch.Tensor:
+    """float32 ``1 x C x h x w`` ``prompt_encoder.get_dense_pe()`` in standard contiguous layout (same values).
+
+    SAM returns it as a permuted view (channels last in memory), and the mask decoder's
+    ``repeat_interleave`` of such a tensor is a slow strided gather: about 7 ms of a ~90 ms fp32 vit_b pass
+    on one CPU thread, against 0.3 ms for the contiguous copy.
+    """
+    return prompt_encoder.get_dense_pe().contiguous()
 
 
 def _channels_last_images(forward):

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ...sam.engine import ImageEmbedding, SamEngine
+from ...sam.engine import ImageEmbedding, SamEngine, dense_positional_encoding
 
 
 @dataclasses.dataclass
@@ -128,7 +128,7 @@ class PromptDecoder:
             for i, prompt_set in enumerate(prompt_sets):
                 by_tokens.setdefault(prompt_set.sparse.shape[1], []).append(i)
             groups = list(by_tokens.values())
-        image_pe = self.prompt_encoder.get_dense_pe().to(images.dtype)
+        image_pe = dense_positional_encoding(self.prompt_encoder).to(images.dtype)
         zero_image = torch.zeros_like(images[:1])
         results: List[Optional[tuple]] = [None] * len(prompt_sets)
         for group in groups:
