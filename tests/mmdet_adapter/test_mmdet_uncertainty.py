@@ -446,3 +446,14 @@ def test_mask2former_probabilities_are_its_masks_logits(coco, tmp_path):
         assert probability.dtype == np.uint8 and probability.shape == masks.shape and len(masks) > 0
         # round(255 σ(logit)) >= 128 exactly where the logit is positive, i.e. where the head's mask is
         np.testing.assert_array_equal(probability >= 128, masks)
+
+
+def test_mask2former_probability_levels_agree_with_the_logits_sign_at_one_half():
+    from refine_hooks.mmdet.uncertainty.probabilities import _probability_levels
+
+    # float32 σ of each of these is 0.5 or within rounding of it: round(127.5) alone would say 128 for all
+    logits = torch.tensor([[[0.0, -0.0, -1e-8, -5e-8, 1e-8, 5e-8, -20.0, 20.0, -0.01, 0.01]]])
+    levels = _probability_levels(logits)
+    assert levels.dtype == np.uint8 and levels.shape == (1, 1, 10)
+    np.testing.assert_array_equal(levels >= 128, (logits > 0).numpy())
+    np.testing.assert_array_equal(levels[0, 0], [127, 127, 127, 127, 128, 128, 0, 255, 127, 128])

@@ -58,6 +58,16 @@ def _wrap_fcn_mask_head(head, kept: KeptProbabilities):
     return "_predict_by_feat_single", predict_single
 
 
+def _probability_levels(logits: torch.Tensor) -> np.ndarray:
+    """float ``N x H x W`` mask logits -> uint8 ``round(255 σ(logit))``, with level >= 128 exactly where the
+    logit is positive (the head's mask): a logit in about (-6e-8, 0] has float32 σ = 0.5, and 127.5 would
+    round to 128, calling foreground a pixel the head calls background."""
+    positive = (logits > 0).cpu().numpy()
+    levels = np.rint(torch.sigmoid(logits.float()).cpu().numpy() * 255)
+    levels = np.where(positive, np.maximum(levels, 128), np.minimum(levels, 127))
+    return levels.astype(np.uint8)
+
+
 def _wrap_maskformer_fusion_head(head, kept: KeptProbabilities):
     original = head.instance_postprocess
 
@@ -70,7 +80,7 @@ def _wrap_maskformer_fusion_head(head, kept: KeptProbabilities):
         if not torch.equal(logits > 0, results.masks.bool()):
             raise RuntimeError("MaskFormerFusionHead picked other queries than refine_hooks recomputes: mmdet's instance "
                                "selection changed; the mask probabilities cannot be paired with its masks")
-        kept.in_order.append(np.rint(torch.sigmoid(logits.float()).cpu().numpy() * 255).astype(np.uint8))
+        kept.in_order.append(_probability_levels(logits))
         return results
 
     return "instance_postprocess", instance_postprocess
