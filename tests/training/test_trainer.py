@@ -40,6 +40,15 @@ def tool_args(shapes_data, tiny_sam_file, out, *extra):
             "--no-progress", *extra]
 
 
+def tensorboard_scalars(directory, tag):
+    """``[(step, value)]`` of one scalar of the event files in ``directory``, as TensorBoard reads them
+    (restarts with ``purge_step`` drop the orphaned later steps of earlier files)."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = event_accumulator.EventAccumulator(directory)
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
 def weights(path):
     return read_refiner_checkpoint(path)["weights"]
 
@@ -94,7 +103,12 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(shapes_data, tiny_sam_fil
     assert rerun.returncode == 0, rerun.stderr
     assert_same_weights(out, reference)
     with open(out + ".work/log.jsonl") as handle:
-        assert [json.loads(line)["iteration"] for line in handle] == [1, 2, 3, 4, 5, 6]
+        rows = [json.loads(line) for line in handle]
+    assert [row["iteration"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    # TensorBoard: the killed run's events past its checkpoint are purged, so each step reads once, as logged
+    losses = tensorboard_scalars(out + ".work/tensorboard", "loss")
+    assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]
+    assert [value for _, value in losses] == pytest.approx([row["loss"] for row in rows], rel=1e-6)
     # A finished run only rewrites the output; other settings in the same work dir are refused.
     again = subprocess.run(tool_args(shapes_data, tiny_sam_file, out, "--iterations", "6", "--lr", "0.1"),
                            env=env, capture_output=True, text=True)
