@@ -2,6 +2,7 @@
 embeddings without changing results, and stops on bad data naming the file."""
 
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -154,6 +155,12 @@ def test_embedding_cache_changes_nothing_but_speed(shapes_data, tiny_sam_file, t
         assert len(losses) == 3
     with open(plain + ".work/log.jsonl") as a, open(cached + ".work/log.jsonl") as b:
         assert [json.loads(line)["loss"] for line in a] == [json.loads(line)["loss"] for line in b]
+    # Colour jitter would change every embedding: with the cache it is off, and the log says so.
+    jittered, notes = str(tmp_path / "jittered.pth"), []
+    train_refiner(data, jittered, dataclasses.replace(config, colour_jitter=0.4), model_type="tiny", checkpoint=tiny_sam_file,
+                  cache_dir=cache, **dict(SILENT, log=notes.append))
+    assert any("colour jitter is off" in note for note in notes), notes
+    assert_same_weights(plain, jittered)
 
 
 def test_cache_keys_follow_the_image_and_the_model(tmp_path):
