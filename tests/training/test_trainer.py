@@ -317,3 +317,15 @@ def test_sample_streams_depend_only_on_seed_iteration_and_slot():
     assert a.numpy(0).random() == b.numpy(0).random()
     assert a.numpy(0).random() != a.numpy(1).random() != SampleSeeds(0, 3, 2).numpy(0).random()
     assert torch.equal(torch.rand(3, generator=a.torch(2)), torch.rand(3, generator=b.torch(2)))
+
+
+def test_tool_shows_a_progress_bar_with_loss_terms_and_eta(shapes_data, tiny_sam_file, tmp_path):
+    args = [a for a in tool_args(shapes_data, tiny_sam_file, str(tmp_path / "p.pth"), "--iterations", "3") if a != "--no-progress"]
+    run = subprocess.run(args, env=tool_env(), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stderr.replace("\r", "\n").splitlines()
+    bar = [line for line in lines if line.startswith("training") and "3/3" in line]
+    assert bar, run.stderr[-2000:]
+    for term in ("loss=", "focal=", "dice=", "iou=", "cmrl=", "amp="):  # the loss terms and AMP's updates per mask
+        assert term in bar[-1], bar[-1]
+    assert "<" in bar[-1] and ("it/s" in bar[-1] or "s/it" in bar[-1]), bar[-1]  # elapsed<remaining (ETA) and the rate
