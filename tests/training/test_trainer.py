@@ -329,3 +329,45 @@ def test_tool_shows_a_progress_bar_with_loss_terms_and_eta(shapes_data, tiny_sam
     for term in ("loss=", "focal=", "dice=", "iou=", "cmrl=", "amp="):  # the loss terms and AMP's updates per mask
         assert term in bar[-1], bar[-1]
     assert "<" in bar[-1] and ("it/s" in bar[-1] or "s/it" in bar[-1]), bar[-1]  # elapsed<remaining (ETA) and the rate
+
+
+def lvis_version(annotations_file: str, out: str) -> str:
+    """The same scenes as an LVIS v1 file: images named only by ``coco_url``, polygon segmentations, no
+    ``iscrowd``, LVIS's per-image category lists."""
+    import cv2
+
+    from refine_hooks.data.masks import segmentation_to_mask
+
+    with open(annotations_file) as handle:
+        coco = json.load(handle)
+    images = [{"id": image["id"], "height": image["height"], "width": image["width"], "neg_category_ids": [],
+               "not_exhaustive_category_ids": [], "coco_url": f"http://images.cocodataset.org/{image['file_name']}"}
+              for image in coco["images"]]
+    sizes = {image["id"]: (image["height"], image["width"]) for image in images}
+    annotations = []
+    for annotation in coco["annotations"]:
+        mask = segmentation_to_mask(annotation["segmentation"], *sizes[annotation["image_id"]])
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+        annotations.append({key: annotation[key] for key in ("id", "image_id", "category_id", "bbox", "area")}
+                           | {"segmentation": polygons})
+    with open(out, "w") as handle:
+        json.dump({"images": images, "annotations": annotations, "categories": coco["categories"]}, handle)
+    return out
+
+
+def test_trains_on_an_lvis_format_file(shapes_data, tiny_sam_file, tmp_path):
+    """Phoenix's set-up is LVIS v1 train: images found from their ``coco_url`` under the COCO root, polygons."""
+    annotations_file, root = shapes_data
+    lvis = lvis_version(annotations_file, str(tmp_path / "lvis_v1_train.json"))
+    source, reference = CocoSource(lvis, root), CocoSource(annotations_file, root)
+    assert source.images == reference.images and all(os.path.isfile(path) for path in source.images)
+    assert [len(a) for a in source.annotations] == [len(a) for a in reference.annotations]
+    out = str(tmp_path / "lvis.pth")
+    run = subprocess.run([sys.executable, TOOL, "--coco", lvis, root, "--model-type", "tiny", "--checkpoint", tiny_sam_file,
+                          "--out", out, "--iterations", "2", "--batch-size", "2", "--warmup", "1", "--workers", "0",
+                          "--no-progress"], env=tool_env(), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert read_refiner_checkpoint(out)["weights"]
+    with open(out + ".work/log.jsonl") as handle:
+        assert [json.loads(line)["iteration"] for line in handle] == [1, 2]
