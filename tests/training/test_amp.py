@@ -61,6 +61,14 @@ def test_still_above_the_band_after_n_evaluations_is_missed():
 def test_below_the_band_before_any_update_ends_at_once():
     actions, search = run_script([0.1])
     assert actions == [DONE] and (search.outcome, search.result, search.updates) == (OVERSHOT, 0, 0)
+    assert search.started_below
+
+
+@pytest.mark.parametrize("ious", [[0.9, 0.3, 0.9, 0.45, 0.9, 0.47, 0.9, 0.2], [0.52], [0.95, 0.94, 0.93, 0.92]])
+def test_a_search_starting_in_or_above_the_band_did_not_start_below(ious):
+    """Overshooting after updates, a hit at once and a miss all started at or above τ."""
+    _, search = run_script(ious, inner_steps=4)
+    assert search.outcome is not None and not search.started_below
 
 
 def test_inner_counter_restarts_after_a_restore():
@@ -170,6 +178,7 @@ def test_amp_leaves_the_decoder_untouched_and_batched_equals_one_at_a_time(scene
     for a, b in zip(together, alone):
         np.testing.assert_array_equal(a, b)
     assert counts["amp_masks"] == 3 and counts["amp_updates"] >= 3
+    assert counts["amp_started_below"] == 0  # τ ~ U(0, 0.02): no mask can start below it
     after = sam.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
 

@@ -24,6 +24,7 @@ from refine_hooks.training.phoenix.config import SamNoiseConfig
 from refine_hooks.training.phoenix.data import SampleSeeds
 from refine_hooks.training.phoenix.embeddings import EmbeddingCache, image_key
 from refine_hooks.training.phoenix.noise import blob_noise, morphological_noise
+from refine_hooks.training.phoenix.trainer import amp_start_warning
 
 TOOL = os.path.join(REPO, "tools", "train_refiner.py")
 SILENT = dict(progress=False, log=lambda message: None, workers=0)
@@ -182,9 +183,28 @@ def test_log_holds_every_term_and_amp_statistics(refiner_file):
         rows = [json.loads(line) for line in handle]
     assert [row["iteration"] for row in rows] == [1, 2, 3]
     for key in ("loss", "focal", "dice", "iou", "cmrl", "intra", "inter", "self", "lr", "grad_norm", "samples_per_s",
-                "amp_updates_per_mask", "amp_hit", "amp_overshot", "amp_missed"):
+                "amp_updates_per_mask", "amp_hit", "amp_overshot", "amp_missed", "amp_started_below"):
         assert key in rows[0], key
     assert rows[0]["amp_hit"] + rows[0]["amp_overshot"] + rows[0]["amp_missed"] == pytest.approx(1.0)
+    assert all(row["amp_started_below"] <= row["amp_overshot"] for row in rows)  # a start below the band overshoots
+
+
+def test_amp_start_warning_only_when_most_masks_start_below_the_band():
+    assert amp_start_warning(64, 32, (0.3, 0.9)) is None and amp_start_warning(0, 0, (0.3, 0.9)) is None
+    warning = amp_start_warning(64, 40, (0.3, 0.9))
+    assert "62%" in warning and "first 64 noisy masks" in warning and "U(0.3, 0.9)" in warning
+
+
+def test_a_sam_that_does_not_segment_its_targets_gets_the_amp_warning(shapes_data, tiny_sam_file, tmp_path):
+    """A random tiny SAM's masks miss the targets: AMP starts below the band for nearly every mask, once said."""
+    notes = []
+    train_refiner(TrainingData(coco=[shapes_data]), str(tmp_path / "r.pth"), quick_config(), model_type="tiny",
+                  checkpoint=tiny_sam_file, **dict(SILENT, log=notes.append))
+    warnings = [note for note in notes if note.startswith("warning: AMP")]
+    assert len(warnings) == 1 and "already below the IoU band" in warnings[0], notes
+    with open(str(tmp_path / "r.pth") + ".work/log.jsonl") as handle:
+        rows = [json.loads(line) for line in handle]
+    assert np.mean([row["amp_started_below"] for row in rows]) > 0.5
 
 
 # ----------------------------------------------------------------------------- noise kinds and modes

@@ -57,6 +57,7 @@ class BandSearch:
         self.evaluations = 0
         self.outcome: Optional[str] = None
         self.result: Optional[int] = None  # index (0-based, in evaluation order) of the mask to return
+        self.started_below = False  # the first mask (no update yet) was already below τ
         self._closest = (float("inf"), -1)
 
     def distance_to_band(self, iou: float) -> float:
@@ -68,6 +69,8 @@ class BandSearch:
         """The IoU of the mask just evaluated (evaluation number :attr:`evaluations`) -> the next action."""
         index = self.evaluations
         self.evaluations += 1
+        if index == 0:
+            self.started_below = iou < self.tau
         distance = self.distance_to_band(iou)
         if distance < self._closest[0]:
             self._closest = (distance, index)
@@ -149,12 +152,15 @@ class PerturbationResult:
         iou: float64 ``B`` their IoU with the targets.
         updates: int ``B`` FGSM updates made.
         outcomes: one of :data:`HIT`, :data:`OVERSHOT`, :data:`MISSED` per mask.
+        started_below: per mask, whether the frozen decoder's mask was below τ before any update (FGSM
+            only lowers the IoU, so such a mask is returned as the decoder made it: an overshoot).
     """
 
     logits: torch.Tensor
     iou: torch.Tensor
     updates: List[int]
     outcomes: List[str]
+    started_below: List[bool]
 
 
 # decode(E_p of some samples: k x P x C, their indices: list of k ints) -> logits k x m x m (autograd on E_p)
@@ -219,4 +225,5 @@ def perturb(decode: Decode, initial: torch.Tensor, targets: torch.Tensor, guidan
         iou=torch.tensor(result_iou, dtype=torch.float64),
         updates=[search.updates for search in searches],
         outcomes=[search.outcome for search in searches],
+        started_below=[search.started_below for search in searches],
     )

@@ -55,7 +55,7 @@ from .noise import morphological_noise, sam_pseudo_label
 LOSS_TERMS = ("loss", "focal", "dice", "iou", "cmrl", "intra", "inter", "self")
 # Everything a step counts (every rank sums the same list, whatever happened on it).
 STATISTICS = LOSS_TERMS + ("pairs", "samples", "skipped_small_target", "sam_rejected", "amp_masks", "amp_updates",
-                           "amp_hit", "amp_overshot", "amp_missed", "amp_empty_replaced", "cascade_empty",
+                           "amp_hit", "amp_overshot", "amp_missed", "amp_started_below", "amp_empty_replaced", "cascade_empty",
                            "prompts_dropped", "ua_pairs", "certainty", "certain_fraction")
 
 
@@ -221,6 +221,7 @@ class RefinerStep:
             counts["amp_masks"] += 1
             counts["amp_updates"] += result.updates[row]
             counts[f"amp_{result.outcomes[row]}"] += 1
+            counts["amp_started_below"] += float(result.started_below[row])
 
     # ------------------------------------------------------------------ the loss
     def __call__(self, samples: Sequence[Sample], global_batch: int) -> StepResult:

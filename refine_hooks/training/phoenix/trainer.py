@@ -359,7 +359,7 @@ def summarise(stats: Dict[str, float]) -> Dict[str, float]:
     masks = stats.get("amp_masks", 0.0)
     if masks:
         row["amp_updates_per_mask"] = stats.get("amp_updates", 0.0) / masks
-        for outcome in ("hit", "overshot", "missed"):
+        for outcome in ("hit", "overshot", "missed", "started_below"):
             row[f"amp_{outcome}"] = stats.get(f"amp_{outcome}", 0.0) / masks
     for name in ("samples", "skipped_small_target", "sam_rejected", "amp_empty_replaced", "cascade_empty", "prompts_dropped"):
         if stats.get(name):
@@ -389,9 +389,30 @@ class PeriodicCheckpointer(HookBase):
         self.trainer.save_checkpoint()
 
 
+# AMP's start is judged once, on the first this many noisy masks (or all of a shorter run's).
+AMP_START_CHECK_MASKS = 64
+# Above this share of masks starting below their band, AMP is mostly not perturbing anything.
+AMP_START_BELOW_WARNING = 0.5
+
+
+def amp_start_warning(masks: float, started_below: float, tau_range) -> Optional[str]:
+    """The warning for a run whose frozen decoder starts below AMP's band for most noisy masks, or None.
+
+    FGSM only lowers a mask's IoU with its target (Algorithm 1), so a mask that starts below τ is returned
+    as the frozen decoder made it: the "noise" is then the decoder's own error, not a perturbation."""
+    if not masks or started_below / masks <= AMP_START_BELOW_WARNING:
+        return None
+    low, high = tau_range
+    return (f"warning: AMP: for {started_below / masks:.0%} of the first {int(masks)} noisy masks the frozen SAM's own "
+            f"mask (from the target's points and box) was already below the IoU band (tau ~ U({low:g}, {high:g})), so "
+            "AMP returned it unperturbed. Phoenix's AMP assumes a decoder that segments the targets from their prompts: "
+            "check the SAM checkpoint and the annotations, or use --noise morphological / --p-morph")
+
+
 class MetricsLogger(HookBase):
     """JSON lines (``log.jsonl``: one per iteration, every term), TensorBoard event files when
-    ``tensorboard`` is installed, and a progress bar with the loss terms and ETA (rank 0 only).
+    ``tensorboard`` is installed, a progress bar with the loss terms and ETA, and one warning when AMP's
+    frozen decoder starts below the band for most masks (:func:`amp_start_warning`) (rank 0 only).
 
     On resume the log is cut back to the resumed iteration, so it reads as one run.
     """
@@ -400,6 +421,7 @@ class MetricsLogger(HookBase):
         self.progress, self.tensorboard, self.note = progress, tensorboard, note
         self.bar = None
         self.writer = None
+        self.amp_start = [0.0, 0.0]  # noisy masks, of which started below the band; None once judged
 
     def before_train(self) -> None:
         trainer = self.trainer
@@ -435,6 +457,11 @@ class MetricsLogger(HookBase):
         row = {"iteration": iteration, **summarise(stats)}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
+        if self.amp_start is not None and stats.get("amp_masks"):
+            self.amp_start[0] += stats["amp_masks"]
+            self.amp_start[1] += stats.get("amp_started_below", 0.0)
+            if self.amp_start[0] >= AMP_START_CHECK_MASKS:
+                self._judge_amp_start()
         if self.writer is not None:
             for key, value in row.items():
                 if key != "iteration":
@@ -446,7 +473,17 @@ class MetricsLogger(HookBase):
             self.bar.set_postfix(shown, refresh=False)
             self.bar.update(1)
 
+    def _judge_amp_start(self) -> None:
+        warning = amp_start_warning(*self.amp_start, self.trainer.config.amp.tau_range)
+        self.amp_start = None
+        if warning:
+            if self.bar is not None:
+                self.bar.clear()
+            self.note(warning)
+
     def after_train(self) -> None:
+        if self.trainer.ranks.is_main and self.amp_start is not None and self.amp_start[0]:
+            self._judge_amp_start()
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
