@@ -15,6 +15,14 @@ CLASSES = ("box", "ellipse")
 CATEGORIES = [{"id": 3, "name": "box", "supercategory": "shape"}, {"id": 7, "name": "ellipse", "supercategory": "shape"}]
 
 
+def mask_polygons(mask: np.ndarray):
+    """COCO/LVIS polygons (``[[x, y, x, y, ...], ...]``) of a bool mask's outer contours, as LVIS stores masks."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
 def _shapes(rng: np.random.Generator, height: int, width: int):
     """1-3 (category id, bool mask) per image: axis-aligned boxes and ellipses."""
     out = []

@@ -35,7 +35,7 @@ from refine_hooks.detectron2.evaluation import RESULTS_FILE  # noqa: E402
 from refine_hooks.detectron2.images import image_from_input  # noqa: E402
 from refine_hooks.evaluation import evaluate_coco  # noqa: E402
 from refine_hooks.refiners import build_refiner  # noqa: E402
-from tiny_coco import make_tiny_coco  # noqa: E402
+from tiny_coco import make_tiny_coco, mask_polygons  # noqa: E402
 
 ITERATIONS = 2
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -352,7 +352,6 @@ def test_lvis_evaluator_on_a_registered_lvis_dataset(dataset, models, tmp_path):
     """An LVIS-format copy of the tiny set (polygons, 1-based category ids, frequencies) through
     Detectron2's LVIS loader: our evaluator maps contiguous ids back as that loader numbers them and equals
     the core LVIS evaluation of the predictions it writes."""
-    import cv2
     from detectron2.data.datasets import register_lvis_instances
 
     from refine_hooks.detectron2 import LVISBoundaryEvaluator
@@ -371,9 +370,7 @@ def test_lvis_evaluator_on_a_registered_lvis_dataset(dataset, models, tmp_path):
             "annotations": []}
     sizes = {image["id"]: (image["height"], image["width"]) for image in coco["images"]}
     for annotation in coco["annotations"]:
-        mask = segmentation_to_mask(annotation["segmentation"], *sizes[annotation["image_id"]]).astype(np.uint8)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+        polygons = mask_polygons(segmentation_to_mask(annotation["segmentation"], *sizes[annotation["image_id"]]))
         lvis["annotations"].append(dict(annotation, category_id=new_id[annotation["category_id"]], segmentation=polygons))
     lvis_file = tmp_path / "lvis.json"
     lvis_file.write_text(json.dumps(lvis))

@@ -354,9 +354,8 @@ def test_tool_shows_a_progress_bar_with_loss_terms_and_eta(shapes_data, tiny_sam
 def lvis_version(annotations_file: str, out: str) -> str:
     """The same scenes as an LVIS v1 file: images named only by ``coco_url``, polygon segmentations, no
     ``iscrowd``, LVIS's per-image category lists."""
-    import cv2
-
     from refine_hooks.data.masks import segmentation_to_mask
+    from tiny_coco import mask_polygons
 
     with open(annotations_file) as handle:
         coco = json.load(handle)
@@ -366,9 +365,7 @@ def lvis_version(annotations_file: str, out: str) -> str:
     sizes = {image["id"]: (image["height"], image["width"]) for image in images}
     annotations = []
     for annotation in coco["annotations"]:
-        mask = segmentation_to_mask(annotation["segmentation"], *sizes[annotation["image_id"]])
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+        polygons = mask_polygons(segmentation_to_mask(annotation["segmentation"], *sizes[annotation["image_id"]]))
         annotations.append({key: annotation[key] for key in ("id", "image_id", "category_id", "bbox", "area")}
                            | {"segmentation": polygons})
     with open(out, "w") as handle:
