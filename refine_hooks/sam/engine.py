@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -247,16 +248,6 @@ class SamEngine:
             for name in names:
                 del getattr(decoder, name).forward
 
-    def _dense_pe(self) -> torch.Tensor:
-        """:func:`dense_positional_encoding`, computed once (it depends only on the encoder's fixed random
-        projection, a buffer: recomputed when that buffer changes)."""
-        buffer = self.model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-        key = (buffer.data_ptr(), buffer._version, buffer.device)
-        if getattr(self, "_dense_pe_key", None) != key:
-            self._dense_pe_value = dense_positional_encoding(self.model.prompt_encoder)
-            self._dense_pe_key = key
-        return self._dense_pe_value
-
     def _low_precision_modules(self, names, dtype) -> List[torch.nn.Module]:
         """``dtype`` copies of the named mask-decoder modules, remade when the model's weights changed."""
         decoder = self.model.mask_decoder
@@ -271,7 +262,7 @@ class SamEngine:
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         kwargs = dict(
             image_embeddings=embedding.features,
-            image_pe=self._dense_pe(),
+            image_pe=dense_positional_encoding(self.model.prompt_encoder),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
@@ -336,14 +327,28 @@ class SamEngine:
         return logits[:, 0]
 
 
+# Per prompt encoder: (what the encoding depends on, the encoding).
+_DENSE_PE: "weakref.WeakKeyDictionary[torch.nn.Module, Tuple[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
 def dense_positional_encoding(prompt_encoder: torch.nn.Module) -> torch.Tensor:
-    """float32 ``1 x C x h x w`` ``prompt_encoder.get_dense_pe()`` in standard contiguous layout (same values).
+    """float32 ``1 x C x h x w`` ``prompt_encoder.get_dense_pe()`` in standard contiguous layout (same values),
+    computed once per prompt encoder: it depends only on the encoder's fixed random projection (a buffer,
+    recomputed when that buffer changes) and its grid size.
 
     SAM returns it as a permuted view (channels last in memory), and the mask decoder's
     ``repeat_interleave`` of such a tensor is a slow strided gather: about 7 ms of a ~90 ms fp32 vit_b pass
     on one CPU thread, against 0.3 ms for the contiguous copy.
     """
-    return prompt_encoder.get_dense_pe().contiguous()
+    buffer = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    # inference mode too: a tensor made there cannot take part in autograd (training) afterwards
+    key = (buffer.data_ptr(), buffer._version, buffer.device, tuple(prompt_encoder.image_embedding_size),
+           torch.is_inference_mode_enabled())
+    cached = _DENSE_PE.get(prompt_encoder)
+    if cached is None or cached[0] != key:
+        cached = (key, prompt_encoder.get_dense_pe().contiguous())
+        _DENSE_PE[prompt_encoder] = cached
+    return cached[1]
 
 
 def _channels_last_images(forward):
