@@ -12,9 +12,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..resize import resize_map
+from ..resize import mapped_norm, resize_map
 
 SIMILARITY_THRESHOLD = 0.5
 STRIP_FRACTION = 0.1
@@ -26,17 +25,18 @@ class EmbeddingSimilarity:
 
     Following the authors, the embedding's valid (unpadded) area is bilinearly resized to the original
     image size and L2-normalised per pixel. We never materialise that ``C x H x W`` tensor: bilinear
-    resizing is linear, so ``resize(E) . q == resize(E . q)``; the per-pixel norm of ``resize(E)`` is
-    computed once per image, a few channels at a time, and similarities only near each mask's box.
+    resizing is linear, so ``resize(E) . q == resize(E . q)``, and the per-pixel norm of ``resize(E)`` is
+    computed once per image from Gram products of neighbouring embedding cells
+    (:func:`refine_hooks.resize.mapped_norm`, float64: ~10x faster than resizing 256 channels and closer
+    to the exact norm); similarities are computed only near each mask's box.
 
     Args:
         features: float ``1 x C x h x w`` image embedding.
         original_size: ``(H, W)`` of the image.
-        max_floats: bound on the temporary ``channels x H x W`` floats resized at once when computing the
-            norm (a 6000x4000 image takes one channel at a time).
+        max_floats: bound on the float64 temporaries of the norm's output stage.
     """
 
-    def __init__(self, features: torch.Tensor, original_size: Tuple[int, int], max_floats: int = 1 << 25):
+    def __init__(self, features: torch.Tensor, original_size: Tuple[int, int], max_floats: int = 1 << 23):
         height, width = original_size
         embed_h, embed_w = features.shape[-2:]
         # The authors' valid-area rule (int truncation), also used for the mask's query embedding.
@@ -46,14 +46,8 @@ class EmbeddingSimilarity:
             valid = (int(embed_w * height / width), embed_w)
         self.valid_features = features[0, :, : valid[0], : valid[1]].float()  # C x hv x wv
         self.original_size = (height, width)
-        squared = torch.zeros(original_size, dtype=torch.float32, device=features.device)
-        channel_chunk = max(1, max_floats // (height * width))
-        for start in range(0, self.valid_features.shape[0], channel_chunk):
-            part = self.valid_features[None, start : start + channel_chunk]
-            resized = F.interpolate(part, original_size, mode="bilinear", align_corners=False)[0]
-            squared += resized.mul_(resized).sum(0)  # in place: x * x is what pow(2) computes
-        self.norm = squared.sqrt()  # H x W
         self.rows, self.cols = resize_map(valid, original_size, features.device)
+        self.norm = mapped_norm(self.valid_features, self.rows, self.cols, max_floats)  # float32 H x W
         # F.interpolate(mode="nearest") reads source index floor(i * in / out).
         self.nearest_rows = (torch.arange(valid[0]) * height / valid[0]).floor().long().clamp(max=height - 1).numpy()
         self.nearest_cols = (torch.arange(valid[1]) * width / valid[1]).floor().long().clamp(max=width - 1).numpy()

@@ -53,3 +53,44 @@ def test_engine_upsample_masks_equals_upsample_logits(tiny_sam, scene):
     masks = engine.upsample_masks(logits, embedding)
     clear = (full.abs() > 1e-4).numpy()
     np.testing.assert_array_equal(masks[clear], (full > 0).numpy()[clear])
+
+
+def _dense(axis_map, in_size: int) -> torch.Tensor:
+    """float64 ``out x in_size`` matrix of an AxisMap (its float32 weights)."""
+    out_size = axis_map.index.shape[0]
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    matrix.index_put_((torch.arange(out_size)[:, None].expand_as(axis_map.index), axis_map.index),
+                      axis_map.weight.double(), accumulate=True)
+    return matrix
+
+
+@pytest.mark.parametrize("channels, in_size, out_size", [
+    (256, (64, 48), (480, 640)),  # SAM's valid embedding up to an image
+    (32, (16, 16), (10, 12)),  # an image smaller than the embedding
+    (8, (5, 7), (1, 300)),  # one-pixel rows and columns
+    (4, (3, 1), (17, 1)),
+])
+def test_mapped_norm_equals_the_norm_of_the_mapped_channels(channels, in_size, out_size):
+    from refine_hooks.resize import mapped_norm, resize_map
+
+    values = torch.randn(channels, *in_size, generator=torch.Generator().manual_seed(0))
+    rows, cols = resize_map(in_size, out_size)
+    norm = mapped_norm(values, rows, cols, max_floats=1 << 12)  # several output chunks
+    assert norm.dtype == torch.float32 and norm.shape == out_size
+    exact = torch.einsum("oh,chw,pw->cop", _dense(rows, values.shape[1]), values.double(), _dense(cols, values.shape[2])).norm(dim=0)
+    # Within float32 output rounding of the exact norm (float64 arithmetic inside); norming the float32
+    # F.interpolate result, as before, is off by up to ~1e-5 at these sizes.
+    torch.testing.assert_close(norm.double(), exact, rtol=2.5e-7, atol=1e-12)
+    plain = F.interpolate(values[None], out_size, mode="bilinear", align_corners=False)[0].pow(2).sum(0).sqrt()
+    torch.testing.assert_close(norm, plain, rtol=2e-5, atol=0)
+
+
+def test_mapped_norm_of_a_composed_chain_with_padding():
+    """SAM's mask-input chain (resize, pad, resize): more than two taps per output, zero-weight padding."""
+    from refine_hooks.resize import mapped_norm
+
+    rows, cols = to_mask_input((90, 130), (177, 256), 256, (64, 64))
+    values = torch.randn(3, 90, 130, generator=torch.Generator().manual_seed(1))
+    assert rows.index.shape[1] > 2 or cols.index.shape[1] > 2
+    exact = torch.einsum("oh,chw,pw->cop", _dense(rows, values.shape[1]), values.double(), _dense(cols, values.shape[2])).norm(dim=0)
+    torch.testing.assert_close(mapped_norm(values, rows, cols).double(), exact, rtol=2.5e-7, atol=1e-12)
