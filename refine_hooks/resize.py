@@ -119,16 +119,17 @@ def mapped_norm(values: torch.Tensor, rows: AxisMap, cols: AxisMap, max_floats: 
         for l in range(row_index.shape[1]):
             taken = by_offset[reach_r + row_index[:, l] - row_index[:, k], row_index[:, k]]  # y, dc, j
             by_row += taken.permute(1, 0, 2) * (row_weight[:, k] * row_weight[:, l])[None, :, None]
-    squared = torch.empty((row_index.shape[0], col_index.shape[0]), dtype=torch.float64)
+    norm = torch.empty((row_index.shape[0], col_index.shape[0]), dtype=torch.float32)
     chunk = max(1, max_floats // (4 * col_index.shape[0]))
-    for y1 in range(0, squared.shape[0], chunk):
-        ys = torch.arange(y1, min(y1 + chunk, squared.shape[0]))[:, None]
-        part = squared[y1 : y1 + chunk].zero_()
+    for y1 in range(0, norm.shape[0], chunk):
+        ys = torch.arange(y1, min(y1 + chunk, norm.shape[0]))[:, None]
+        squared = torch.zeros((ys.shape[0], norm.shape[1]), dtype=torch.float64)
         for k in range(col_index.shape[1]):
             for l in range(col_index.shape[1]):
                 offset = (reach_c + col_index[:, l] - col_index[:, k])[None, :]
-                part += by_row[offset, ys, col_index[:, k][None, :]] * (col_weight[:, k] * col_weight[:, l])
-    return squared.clamp_(min=0).sqrt_().float().to(values.device)
+                squared += by_row[offset, ys, col_index[:, k][None, :]] * (col_weight[:, k] * col_weight[:, l])
+        norm[y1 : y1 + chunk] = squared.clamp_(min=0).sqrt_()
+    return norm.to(values.device)
 
 
 def _map(parts, device) -> Tuple[AxisMap, AxisMap]:
