@@ -97,7 +97,7 @@ def mapped_norm(values: torch.Tensor, rows: AxisMap, cols: AxisMap, max_floats: 
     over the input cells a, b it reads. The taps of an axis are consecutive, so only Gram products of
     cells at most ``K - 1`` apart are needed: ``C`` times fewer multiplications than resizing every
     channel. Computed in float64 on the CPU (the same values whatever device ``values`` is on), within
-    ~1e-7 relative of the exact norm; norming a float32 resize is within ~1e-6. ``max_floats`` bounds the
+    ~1e-7 relative of the exact norm (norming a float32 resize: up to ~1e-5). ``max_floats`` bounds the
     float64 temporaries of the output stage.
     """
     features = values.detach().to("cpu", torch.float64)

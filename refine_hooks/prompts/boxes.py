@@ -27,7 +27,7 @@ class EmbeddingSimilarity:
     image size and L2-normalised per pixel. We never materialise that ``C x H x W`` tensor: bilinear
     resizing is linear, so ``resize(E) . q == resize(E . q)``, and the per-pixel norm of ``resize(E)`` is
     computed once per image from Gram products of neighbouring embedding cells
-    (:func:`refine_hooks.resize.mapped_norm`, float64: ~10x faster than resizing 256 channels and closer
+    (:func:`refine_hooks.resize.mapped_norm`, float64: ~15x faster than resizing 256 channels and closer
     to the exact norm); similarities are computed only near each mask's box.
 
     Args:
