@@ -57,7 +57,6 @@ class BandSearch:
         self.evaluations = 0
         self.outcome: Optional[str] = None
         self.result: Optional[int] = None  # index (0-based, in evaluation order) of the mask to return
-        self.started_below = False  # the first mask (no update yet) was already below τ
         self._closest = (float("inf"), -1)
 
     def distance_to_band(self, iou: float) -> float:
@@ -69,8 +68,6 @@ class BandSearch:
         """The IoU of the mask just evaluated (evaluation number :attr:`evaluations`) -> the next action."""
         index = self.evaluations
         self.evaluations += 1
-        if index == 0:
-            self.started_below = iou < self.tau
         distance = self.distance_to_band(iou)
         if distance < self._closest[0]:
             self._closest = (distance, index)
@@ -88,6 +85,11 @@ class BandSearch:
             return self._finish(MISSED, self._closest[1])
         self.updates += 1
         return UPDATE
+
+    @property
+    def started_below(self) -> bool:
+        """The first mask (no update yet) was already below τ: the only way to overshoot without an update."""
+        return self.outcome == OVERSHOT and self.updates == 0
 
     @property
     def closest(self) -> int:
