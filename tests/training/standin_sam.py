@@ -12,11 +12,14 @@ It is test scaffolding, not product code.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from refine_hooks.refiners import SAMRefiner
 from refine_hooks.sam import SamEngine, TinySamConfig, build_tiny_sam
+from refine_hooks.sam.build import TINY_CONFIG_KEY
 from refine_hooks.sam.engine import ImageEmbedding
 from refine_hooks.training.phoenix.decoder import PromptDecoder, PromptSet, embed_prompts
 from refine_hooks.training.phoenix.losses import dice_loss, focal_loss
@@ -32,11 +35,12 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -
     return focal_loss(logits, targets, valid, alpha=-1.0, gamma=0.0)
 
 
-def fit_standin_sam(scenes, *, steps: int, batch: int = 8, lr: float = 5e-3, seed: int = 0, train_encoder: bool = False):
+def fit_standin_sam(scenes, *, steps: int, batch: int = 8, lr: float = 5e-3, seed: int = 0, train_encoder: bool = False,
+                    config: TinySamConfig = STANDIN_CONFIG):
     """Fit a tiny SAM to ``scenes`` (``[{"image", "masks"}]``); returns it in eval mode with a log of losses."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    sam = build_tiny_sam(STANDIN_CONFIG, seed=seed)
+    sam = build_tiny_sam(config, seed=seed)
     engine = SamEngine(sam)
     prompter = SAMRefiner(engine, use_mask=False, margin=0.0)
     decoder = PromptDecoder(sam.prompt_encoder, sam.mask_decoder, batch_invariant=False)
@@ -91,15 +95,22 @@ def fit_standin_sam(scenes, *, steps: int, batch: int = 8, lr: float = 5e-3, see
     return sam.eval(), losses
 
 
-def box_prompt_iou(sam, scenes) -> float:
-    """Mean IoU of the stand-in's token-0 mask for each target's mined points and box (what AMP starts from)."""
-    engine = SamEngine(sam)
+def save_standin(sam, path: str, config: TinySamConfig = STANDIN_CONFIG) -> str:
+    """A tiny-SAM checkpoint of the fitted stand-in (``--model-type tiny --checkpoint path`` loads it)."""
+    torch.save({TINY_CONFIG_KEY: dataclasses.asdict(config), "model": sam.state_dict()}, path)
+    return path
+
+
+def box_prompt_masks(sam, scenes, device: str = "cpu"):
+    """``[(mask, target)]``: the stand-in's token-0 mask for each target's mined points and tight box (what
+    AMP starts from), bool ``H x W`` each."""
+    engine = SamEngine(sam, device=device)
     prompter = SAMRefiner(engine, use_mask=False, margin=0.0)
-    ious = []
+    pairs = []
     for scene in scenes:
         embedding = engine.encode([scene["image"]])[0]
         for target in scene["masks"]:
             logits, _ = engine.decode(embedding, multimask_output=False, **prompter.prompts_for(embedding, target[None]))
-            mask = engine.upsample_masks(logits[:, 0], embedding)[0]
-            ious.append((mask & target).sum() / max((mask | target).sum(), 1))
-    return float(np.mean(ious))
+            pairs.append((engine.upsample_masks(logits[:, 0], embedding)[0], target))
+    return pairs
+

@@ -21,7 +21,6 @@ What this shows and what it does not (README, "Phoenix: trained refiners"):
   GPU.
 """
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -32,12 +31,11 @@ import pytest
 import torch
 
 from shapes import load_coco_masks, make_shapes_coco
-from standin_sam import STANDIN_CONFIG, fit_standin_sam
+from standin_sam import fit_standin_sam, save_standin
 from training_helpers import REPO
 
 from refine_hooks.data.masks import mask_iou
 from refine_hooks.refiners import build_refiner
-from refine_hooks.sam.build import TINY_CONFIG_KEY
 from refine_hooks.sam.refiner_weights import read_refiner_checkpoint
 from refine_hooks.training.phoenix.noise import blob_noise, morphological_noise
 
@@ -80,26 +78,41 @@ def standin(tmp_path_factory):
     train = make_shapes_coco(root, num_images=200, seed=1, name="train")
     held = load_coco_masks(make_shapes_coco(root, num_images=30, seed=2, name="held"), root)
     sam, _ = fit_standin_sam(load_coco_masks(train, root), steps=STANDIN_STEPS, batch=8)
-    path = os.path.join(root, "standin.pth")
-    torch.save({TINY_CONFIG_KEY: dataclasses.asdict(STANDIN_CONFIG), "model": sam.state_dict()}, path)
-    return {"root": root, "train": train, "held": held, "sam": sam, "checkpoint": path}
+    path = save_standin(sam, os.path.join(root, "standin.pth"))
+    return {"root": root, "train": train, "held": held, "sam": sam, "checkpoint": path, "model_type": "tiny", "device": "cpu"}
 
 
 def train_refiner(standin, out: str, iterations: int, *options: str):
     """Run tools/train_refiner.py on the stand-in; returns the JSON-lines log."""
     command = [sys.executable, os.path.join(REPO, "tools", "train_refiner.py"), "--coco", standin["train"],
-               standin["root"], "--model-type", "tiny", "--checkpoint", standin["checkpoint"], "--out", out,
+               standin["root"], "--model-type", standin["model_type"], "--checkpoint", standin["checkpoint"], "--out", out,
                "--iterations", str(iterations), "--batch-size", "8", "--lr", "2e-3",
-               "--cache-dir", os.path.join(standin["root"], "cache"), "--workers", "0", "--no-progress", *options]
+               "--cache-dir", os.path.join(standin["root"], "cache"), "--workers", "0", "--no-progress",
+               "--device", standin["device"], *options]
     run = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
     assert run.returncode == 0, run.stderr[-2000:]
     with open(out + ".work/log.jsonl") as handle:
         return [json.loads(line) for line in handle]
 
 
+def before_training(trained: str, sam, path: str) -> str:
+    """The refiner checkpoint ``trained`` (encoding, prompts) holding the stand-in's own weights instead."""
+    before = read_refiner_checkpoint(trained)
+    state = sam.state_dict()
+    before["weights"] = {key: state[key].clone() for key in before["weights"]}
+    torch.save(before, path)
+    return path
+
+
+def amp_outcomes(log) -> dict:
+    """AMP's band outcomes, each the mean over the log's iterations of the share of noisy masks."""
+    return {key: round(float(np.mean([row[key] for row in log])), 4)
+            for key in ("amp_hit", "amp_overshot", "amp_missed", "amp_started_below")}
+
+
 def phoenix(standin, refiner_checkpoint: str):
-    return build_refiner(dict(type="Phoenix", model_type="tiny", checkpoint=standin["checkpoint"],
-                              refiner_checkpoint=refiner_checkpoint, iterations=1))
+    return build_refiner(dict(type="Phoenix", model_type=standin["model_type"], checkpoint=standin["checkpoint"],
+                              refiner_checkpoint=refiner_checkpoint, iterations=1, device=standin["device"]))
 
 
 @pytest.mark.timeout(3600)
@@ -109,16 +122,11 @@ def test_trained_refiner_refines_held_out_masks_better_than_before_training(stan
     assert sum(row["amp_updates_per_mask"] for row in log) > 0  # AMP really perturbed masks
     assert any(row["cmrl"] > 0 for row in log)  # and CMRL took part
 
-    # Before training: the same checkpoint (encoding, prompts) holding the stand-in's own weights.
-    before = read_refiner_checkpoint(out)
-    state = standin["sam"].state_dict()
-    before["weights"] = {key: state[key].clone() for key in before["weights"]}
-    torch.save(before, tmp_path / "before.pth")
-
+    before = before_training(out, standin["sam"], str(tmp_path / "before.pth"))
     results = {}
-    for name, path in (("before", str(tmp_path / "before.pth")), ("after", out)):
+    for name, path in (("before", before), ("after", out)):
         noisy, results[name] = mean_held_out_iou(phoenix(standin, path), standin["held"])
-    outcomes = {key: float(np.mean([row[key] for row in log])) for key in ("amp_hit", "amp_overshot", "amp_missed", "amp_started_below")}
+    outcomes = amp_outcomes(log)
     print(f"held-out mean IoU: noisy {noisy:.3f}, before training {results['before']:.3f}, after {results['after']:.3f}; "
           f"AMP band outcomes {outcomes}")
     assert results["after"] - results["before"] >= SAFE_FRACTION * MEASURED_GAIN, results
