@@ -64,6 +64,11 @@ def _dense(axis_map, in_size: int) -> torch.Tensor:
     return matrix
 
 
+def _exact_norm(values: torch.Tensor, rows, cols) -> torch.Tensor:
+    """float64 per-output norm over channels of ``values`` (``C x h x w``) mapped by ``rows`` and ``cols``."""
+    return torch.einsum("oh,chw,pw->cop", _dense(rows, values.shape[1]), values.double(), _dense(cols, values.shape[2])).norm(dim=0)
+
+
 @pytest.mark.parametrize("channels, in_size, out_size", [
     (256, (64, 48), (480, 640)),  # SAM's valid embedding up to an image
     (32, (16, 16), (10, 12)),  # an image smaller than the embedding
@@ -77,7 +82,7 @@ def test_mapped_norm_equals_the_norm_of_the_mapped_channels(channels, in_size, o
     rows, cols = resize_map(in_size, out_size)
     norm = mapped_norm(values, rows, cols, max_floats=1 << 12)  # several output chunks
     assert norm.dtype == torch.float32 and norm.shape == out_size
-    exact = torch.einsum("oh,chw,pw->cop", _dense(rows, values.shape[1]), values.double(), _dense(cols, values.shape[2])).norm(dim=0)
+    exact = _exact_norm(values, rows, cols)
     # Within float32 output rounding of the exact norm (float64 arithmetic inside); norming the float32
     # F.interpolate result, as before, is off by up to ~1e-5 at these sizes.
     torch.testing.assert_close(norm.double(), exact, rtol=2.5e-7, atol=1e-12)
@@ -92,5 +97,5 @@ def test_mapped_norm_of_a_composed_chain_with_padding():
     rows, cols = to_mask_input((90, 130), (177, 256), 256, (64, 64))
     values = torch.randn(3, 90, 130, generator=torch.Generator().manual_seed(1))
     assert rows.index.shape[1] > 2 or cols.index.shape[1] > 2
-    exact = torch.einsum("oh,chw,pw->cop", _dense(rows, values.shape[1]), values.double(), _dense(cols, values.shape[2])).norm(dim=0)
+    exact = _exact_norm(values, rows, cols)
     torch.testing.assert_close(mapped_norm(values, rows, cols).double(), exact, rtol=2.5e-7, atol=1e-12)

@@ -34,13 +34,14 @@ from shapes import load_coco_masks, make_shapes_coco
 from standin_sam import STANDIN_CONFIG, box_prompt_masks, fit_standin_sam, save_standin
 from test_learning import STANDIN_STEPS, amp_outcomes, before_training, mean_held_out_iou, phoenix, train_refiner
 
-from refine_hooks.data.masks import mask_iou, masks_to_xyxy
+from refine_hooks.data.masks import mask_iou
+from refine_hooks.data.windows import mask_box
 from refine_hooks.sam import build_sam_model
 
 
 def box_fill(target: np.ndarray) -> np.ndarray:
     """The target's tight box, filled (bool ``H x W``)."""
-    x0, y0, x1, y1 = (int(v) for v in masks_to_xyxy(target[None])[0])
+    x0, y0, x1, y1 = mask_box(target)
     filled = np.zeros_like(target)
     filled[y0:y1 + 1, x0:x1 + 1] = True
     return filled
