@@ -16,6 +16,9 @@ from tiny_coco import CATEGORIES, CLASSES, make_tiny_coco  # noqa: F401 (re-expo
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "mmdet")
 TINY_REFINER = dict(type="SAMRefiner", model_type="tiny", checkpoint=None, iterations=2)
+# A Runner seeds every RNG when it is built, from a fresh random seed unless the config names one, so a
+# torch.manual_seed before Runner.from_cfg has no effect: the random weights would differ run to run.
+SEEDED = dict(seed=0)
 
 
 def pipeline(scale=(160, 128), train: bool = False) -> List[Dict[str, Any]]:
@@ -87,6 +90,7 @@ def runner_config(config_name: str, kind: str, root: str, ann_file: str, work_di
         cfg.custom_hooks = [hook]
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, save_last=False)
     cfg.log_level = "WARNING"
+    cfg.randomness = SEEDED
     return cfg
 
 

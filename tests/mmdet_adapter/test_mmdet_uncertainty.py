@@ -31,7 +31,7 @@ from refine_hooks.mmdet.uncertainty import (BitmapMasksWithUncertainty, Uncertai
 from refine_hooks.uncertainty import MapFile, MapFileError, certainty_from_levels, uncertainty_path  # noqa: E402
 from refine_hooks.data.windows import WindowedMap  # noqa: E402
 
-from mmdet_test_utils import CLASSES, CONFIGS, TINY_REFINER, dataloader, runner_config, small_model  # noqa: E402
+from mmdet_test_utils import CLASSES, CONFIGS, SEEDED, TINY_REFINER, dataloader, runner_config, small_model  # noqa: E402
 from tiny_coco import write_other_annotation_file, write_refined_round, write_resized_sidecar  # noqa: E402
 
 UA_MASK_RCNN = os.path.join(CONFIGS, "uncertainty", "mask-rcnn_r50_fpn_1x_coco_uncertainty.py")
@@ -186,6 +186,7 @@ def _train_config(root, refined, work_dir, pipeline_tail):
     cfg.log_processor = dict(type="LogProcessor", window_size=1, by_epoch=False)
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1000, by_epoch=False)
     cfg.log_level = "WARNING"
+    cfg.randomness = SEEDED
     return cfg
 
 
@@ -193,7 +194,6 @@ def test_next_round_mask_rcnn_trains_with_the_roi_aligned_certainty(refined_roun
     root, refined = refined_round
     cfg = _train_config(root, refined, str(tmp_path / "work"),
                         [dict(type="Resize", scale=(256, 192), keep_ratio=True), dict(type="RandomFlip", prob=1.0)])
-    torch.manual_seed(0)
     runner = Runner.from_cfg(cfg)
     model = runner.model
     head = model.roi_head.mask_head
@@ -391,7 +391,6 @@ def test_pseudo_label_hook_keeps_mask_rcnn_probabilities_for_the_sidecar(coco, u
     unl_root, unl_info = unlabeled
     cfg = runner_config("mask-rcnn_r50_fpn_1x_coco_refined.py", "mask_rcnn", root, ann, str(tmp_path / "work"))
     cfg.custom_hooks = []
-    torch.manual_seed(0)
     runner = Runner.from_cfg(cfg)
     runner.model.init_weights()
     hooks = {}
@@ -433,7 +432,6 @@ def test_mask2former_probabilities_are_its_masks_logits(coco, tmp_path):
     root, ann = coco
     cfg = runner_config("mask2former_r50_8xb2-lsj-50e_coco_refined.py", "mask2former", root, ann, str(tmp_path / "work"))
     cfg.custom_hooks = []
-    torch.manual_seed(0)
     runner = Runner.from_cfg(cfg)
     runner.model.init_weights()
     batch = next(iter(runner.test_dataloader))

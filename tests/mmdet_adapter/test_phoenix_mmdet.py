@@ -28,7 +28,6 @@ def test_mask_rcnn_with_a_phoenix_checkpoint(coco, tmp_path):
     dump = str(tmp_path / "preds.pkl")
     cfg = runner_config("mask-rcnn_r50_fpn_1x_coco_refined.py", "mask_rcnn", root, ann, str(tmp_path / "work"),
                         hook=dict(type="MaskRefinementHook", refiner=refiner, keep_unrefined=True), dump=dump)
-    torch.manual_seed(0)
     runner = Runner.from_cfg(cfg)
     runner.model.init_weights()
     metrics = runner.test()

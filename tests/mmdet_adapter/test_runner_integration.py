@@ -30,7 +30,6 @@ def hook_config(**kwargs):
 
 
 def build_runner(cfg):
-    torch.manual_seed(0)
     runner = Runner.from_cfg(cfg)
     runner.model.init_weights()  # random weights with the heads' prior biases, as training would start
     return runner
@@ -182,7 +181,6 @@ def test_pseudo_label_hook_writes_next_round(coco, unlabeled, tmp_path):
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1000, by_epoch=False)
     cfg.custom_hooks = [dict(type="PseudoLabelRefineHook", unlabeled_dataloader=dataloader(unl_root, unl_info),
                              out_dir="pseudo", refiner=TINY_REFINER, score_thr=0.0)]
-    torch.manual_seed(0)
     runner = Runner.from_cfg(cfg)
     runner.train()
 
@@ -246,7 +244,6 @@ def test_pseudo_label_rounds_every_epoch_retarget_the_train_dataloader(coco, unl
     cfg.optim_wrapper.optimizer.lr = 0.001
     cfg.custom_hooks = [dict(type="PseudoLabelRefineHook", unlabeled_dataloader=dataloader(unl_root, unl_info),
                              out_dir=str(tmp_path / "pseudo"), refiner=TINY_REFINER, score_thr=0.0, interval=1)]
-    torch.manual_seed(0)
     runner = Runner.from_cfg(cfg)
     runner.train()
 
