@@ -119,18 +119,30 @@ def image_file_name(image: Dict[str, Any]) -> Optional[str]:
 
 
 def _images_from_coco(images: List[Dict[str, Any]], source: str) -> Dict[Hashable, ImageInfo]:
+    """Image id -> :class:`ImageInfo`. An id listed twice for the same file and size is one image; listed
+    for different files or sizes it is an error (the records of that id would be refined on one of them)."""
     infos: Dict[Hashable, ImageInfo] = {}
+    first_position: Dict[Hashable, int] = {}
     for position, image in enumerate(images):
         file_name = image_file_name(image) if isinstance(image, dict) else None
         if "id" not in image or file_name is None:
             raise AnnotationFileError(f"{source}: images[{position}] has no 'id' or no 'file_name' (nor an LVIS 'coco_url')")
         height, width = image.get("height"), image.get("width")
-        infos[image["id"]] = ImageInfo(
+        info = ImageInfo(
             image_id=image["id"],
             file_name=file_name,
             height=None if height is None else int(height),
             width=None if width is None else int(width),
         )
+        seen = infos.get(info.image_id)
+        if seen is not None and seen != info:
+            raise AnnotationFileError(
+                f"{source}: images[{first_position[info.image_id]}] and images[{position}] have the same id "
+                f"{info.image_id!r} but differ ({seen.file_name} {seen.height}x{seen.width}, {info.file_name} "
+                f"{info.height}x{info.width}): an image id must name one image"
+            )
+        first_position.setdefault(info.image_id, position)
+        infos[info.image_id] = info
     return infos
 
 
@@ -185,7 +197,7 @@ def load_annotation_file(
         if image_info_path is not None:
             # The file's own images win; the extra file only fills in images it lacks.
             images = {**load_image_infos(image_info_path), **images}
-        image_order = [image["id"] for image in data["images"]]
+        image_order = _first_appearance([image["id"] for image in data["images"]])
     else:
         if kind == "results":
             records = data

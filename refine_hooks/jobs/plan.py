@@ -27,6 +27,7 @@ COPY_IMAGE_UNREADABLE = "image_unreadable"
 COPY_INVALID_RECORD = "invalid_record"
 
 _MAX_LISTED_PROBLEMS = 20
+_MAX_LISTED_EXAMPLES = 5
 
 
 class JobInputError(ValueError):
@@ -107,6 +108,49 @@ def _raise_problems(kind: str, problems: Sequence[str], hint: str) -> None:
     listed = "\n  ".join(problems[:_MAX_LISTED_PROBLEMS])
     more = f"\n  ... and {len(problems) - _MAX_LISTED_PROBLEMS} more" if len(problems) > _MAX_LISTED_PROBLEMS else ""
     raise JobInputError(f"{len(problems)} {kind}; nothing was refined:\n  {listed}{more}\n{hint}", problems)
+
+
+def input_warnings(annotations: AnnotationFile) -> List[str]:
+    """What the job writes back as it came although the frameworks that train on the output will not take it.
+
+    Only COCO annotation files (result lists have neither ids nor categories of their own):
+    - annotation ids used by more than one record: MMDetection's and Detectron2's COCO loaders refuse the
+      file ("Annotation ids ... are not unique"), and pycocotools' ``anns`` keeps one record per id;
+    - a ``category_id`` missing from a non-empty ``categories`` list: MMDetection drops such records when it
+      loads the file, Detectron2 raises.
+    The job itself uses neither, so these records are refined and written like the others.
+    """
+    if annotations.kind != "coco":
+        return []
+    warnings: List[str] = []
+    records_of_id: Dict[Hashable, List[int]] = {}
+    for index, record in enumerate(annotations.records):
+        if isinstance(record.get("id"), Hashable):
+            records_of_id.setdefault(record["id"], []).append(index)
+    repeated = [(ann_id, indices) for ann_id, indices in records_of_id.items() if len(indices) > 1]
+    if repeated:
+        examples = "; ".join(f"id {ann_id!r}: records " + ", ".join(f"#{i}" for i in indices)
+                             for ann_id, indices in repeated[:_MAX_LISTED_EXAMPLES])
+        warnings.append(f"annotation ids used by more than one record: {len(repeated)} ({examples}"
+                        f"{'; ...' if len(repeated) > _MAX_LISTED_EXAMPLES else ''}): the output keeps them, but "
+                        "MMDetection's and Detectron2's COCO loaders refuse a file whose annotation ids repeat")
+    categories = annotations.data.get("categories")
+    if isinstance(categories, list) and categories:
+        known = {c.get("id") for c in categories if isinstance(c, dict) and isinstance(c.get("id"), Hashable)}
+        unknown: Dict[str, List[int]] = {}
+        for index, record in enumerate(annotations.records):
+            category = record.get("category_id")
+            if not isinstance(category, Hashable) or category not in known:
+                unknown.setdefault(repr(category), []).append(index)
+        if unknown:
+            examples = "; ".join(f"category_id {category}: {len(indices)}, the first "
+                                 f"{record_name(annotations.records[indices[0]], indices[0])}"
+                                 for category, indices in list(unknown.items())[:_MAX_LISTED_EXAMPLES])
+            count = sum(len(indices) for indices in unknown.values())
+            warnings.append(f"records whose category_id is not in the file's categories: {count} ({examples}"
+                            f"{'; ...' if len(unknown) > _MAX_LISTED_EXAMPLES else ''}): the output keeps them, but "
+                            "MMDetection drops such records when it loads the file and Detectron2 refuses it")
+    return warnings
 
 
 def build_plan(annotations: AnnotationFile, image_dir: str, *, score_thr: float, skip_invalid_records: bool) -> Plan:

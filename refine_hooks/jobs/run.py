@@ -16,6 +16,7 @@ The flow, per process:
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -37,13 +38,14 @@ from ..files import file_sha256
 from ..refiners.base import Refiner, RefineResult
 from .distributed import Ranks, init_ranks
 from .options import JobOptions
-from .plan import JobInputError, Plan, build_plan, check_images
+from .plan import JobInputError, Plan, build_plan, check_images, input_warnings
 from .shards import WorkDir, work_dir_for
 from .summary import Summary, summary_path, write_summary
 from .uncertainty import UncertaintyRecorder, open_coarse_probabilities, record_keys, write_sidecar
 from .worker import INFO_KEY, STATUS_REFINED, ImageWorkDataset, WorkItem, copied_output, keep_items, passed_output, refined_outputs
 
 MANIFEST_FORMAT = 1
+logger = logging.getLogger(__name__)
 
 
 class RefinerUnavailableError(RuntimeError):
@@ -320,6 +322,10 @@ def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks
         annotations = limit_images(annotations, options.limit)
     plan = build_plan(annotations, image_dir, score_thr=options.score_thr, skip_invalid_records=options.skip_invalid_records)
     coarse_maps = open_coarse_probabilities(options, annotations, plan, input_path)
+    warnings = input_warnings(annotations)
+    if ranks.is_main:
+        for warning in warnings:  # now, not only in the summary: the job may run for days
+            logger.warning(f"warning: {input_path}: {warning}")
     workdir = WorkDir(work_dir_for(output_path))
     # Only an unsplit job owns its work directory: --shard parts share it and may be running now.
     owns_workdir = not os.path.exists(workdir.root) and options.shard[1] == 1
@@ -329,7 +335,8 @@ def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks
     if not ranks.is_main:
         workdir.open(_manifest(input_path, options, plan, annotations))
     try:
-        return _work(input_path, output_path, options, refiner, ranks, annotations, plan, workdir, started, coarse_maps)
+        return _work(input_path, output_path, options, refiner, ranks, annotations, plan, workdir, started, coarse_maps,
+                     warnings)
     except BaseException:
         # Stopped before any chunk was finished (bad images, a checkpoint that does not load...): a work
         # directory this run created holds nothing worth keeping.
@@ -339,7 +346,7 @@ def _run(input_path, image_dir, output_path, options: JobOptions, refiner, ranks
 
 
 def _work(input_path, output_path, options: JobOptions, refiner, ranks: Ranks, annotations: AnnotationFile,
-          plan: Plan, workdir: WorkDir, started: float, coarse_maps) -> Summary:
+          plan: Plan, workdir: WorkDir, started: float, coarse_maps, warnings: List[str]) -> Summary:
     chunks = plan.chunks(options.chunk_size)
 
     part = options.shard[0] * ranks.world_size + ranks.rank
@@ -375,6 +382,7 @@ def _work(input_path, output_path, options: JobOptions, refiner, ranks: Ranks, a
         merged.images_done_this_run = summary.images_done_this_run
         merged.masks_done_this_run = summary.masks_done_this_run
         merged.model_seconds = summary.model_seconds
+        merged.input_warnings = list(warnings)
         summary = merged
         summary.seconds = time.perf_counter() - started
         write_summary(summary, output_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from ..data.annotations import atomic_write
 from .worker import INFO_KEY, STATUS_COPIED, STATUS_PASSED, STATUS_REFINED
@@ -28,6 +28,8 @@ class Summary:
         uncertainty_file: the uncertainty sidecar (``--uncertainty``), else ''.
         mean_certainty, mean_certain_fraction: means of the refined records' ``mean_certainty`` and
             ``certain_fraction`` (``--uncertainty``), else None.
+        input_warnings: what the input holds that the output keeps but training frameworks will not take
+            (:func:`refine_hooks.jobs.plan.input_warnings`).
     """
 
     output: str = ""
@@ -46,6 +48,7 @@ class Summary:
     uncertainty_file: str = ""
     mean_certainty: Optional[float] = None
     mean_certain_fraction: Optional[float] = None
+    input_warnings: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -114,6 +117,7 @@ class Summary:
         if self.mean_certainty is not None:
             lines.append(f"uncertainty: mean certainty {self.mean_certainty:.4f}, mean fraction of a refined mask that is "
                          f"certain {self.mean_certain_fraction if self.mean_certain_fraction is not None else 'n/a'}")
+        lines.extend(f"warning: {warning}" for warning in self.input_warnings)
         if self.output:
             lines.append(f"wrote {self.output}")
         if self.uncertainty_file:

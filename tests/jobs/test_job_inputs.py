@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from refine_hooks.data.annotations import AnnotationFileError, load_annotation_file
 from refine_hooks.data.images import ImageReadError
 from refine_hooks.data.masks import mask_to_xywh, segmentation_to_mask
 from refine_hooks.jobs import JobInputError, JobOptions, RefinerUnavailableError, refine_annotation_file, summary_path
+from refine_hooks.jobs.plan import input_warnings
 from refine_hooks.jobs.worker import INFO_KEY
 
 REFINER_KWARGS = {}
@@ -163,6 +165,52 @@ def test_mask_size_mismatch_and_unknown_image_name_the_record(coco_dataset, tiny
             info = next(i for i in data["images"] if i["id"] == annotation["image_id"])
             mask = segmentation_to_mask(annotation["segmentation"], info["height"], info["width"])
             assert annotation["bbox"] == mask_to_xywh(mask) and annotation["area"] == int(mask.sum())
+
+
+def test_repeated_annotation_ids_and_unknown_categories_are_refined_kept_and_warned(coco_dataset, tiny_checkpoint,
+                                                                                     tmp_path, caplog):
+    assert input_warnings(load_annotation_file(coco_dataset["ann"])) == []  # the generated file is clean
+    data = json.loads(json.dumps(coco_dataset["data"]))
+    annotations = data["annotations"]
+    annotations[1]["id"] = annotations[0]["id"]
+    annotations[2]["category_id"] = annotations[3]["category_id"] = 77
+    path = _write(tmp_path / "odd.json", data)
+    out = str(tmp_path / "o.json")
+    with caplog.at_level("WARNING", logger="refine_hooks.jobs.run"):
+        summary = refine_annotation_file(path, coco_dataset["images"], out, _options(tiny_checkpoint))
+
+    written = _read(out)["annotations"]
+    assert [(a["id"], a["category_id"]) for a in written] == [(a["id"], a["category_id"]) for a in annotations]
+    assert summary.copied == {} and summary.refined > 0
+    repeated, unknown = summary.input_warnings
+    assert f"id {annotations[0]['id']}: records #0, #1" in repeated and "not unique" not in repeated
+    assert "category_id 77: 2, the first annotation id" in unknown and "(record #2)" in unknown
+    assert _read(summary_path(out))["input_warnings"] == summary.input_warnings
+    assert [r.getMessage() for r in caplog.records] == [f"warning: {path}: {w}" for w in summary.input_warnings]
+    assert all(f"warning: {w}" in summary.text() for w in summary.input_warnings)
+
+
+def test_an_image_id_naming_two_images_is_refused_and_a_repeated_entry_is_one_image(coco_dataset, tiny_checkpoint, tmp_path):
+    data = json.loads(json.dumps(coco_dataset["data"]))
+    first, other = data["images"][0], data["images"][3]
+    assert (first["height"], first["width"]) == (other["height"], other["width"])  # the masks would fit either file
+    conflicting = dict(data, images=[*data["images"], dict(other, id=first["id"])])
+    with pytest.raises(AnnotationFileError) as raised:
+        refine_annotation_file(_write(tmp_path / "two.json", conflicting), coco_dataset["images"], str(tmp_path / "o.json"),
+                               _options(tiny_checkpoint))
+    message = str(raised.value)
+    last = len(conflicting["images"]) - 1
+    assert f"images[0] and images[{last}]" in message and first["file_name"] in message and other["file_name"] in message
+    assert not os.path.exists(str(tmp_path / "o.json.work"))
+
+    repeated = dict(data, images=[*data["images"], dict(first)])
+    plain_out, repeated_out = str(tmp_path / "plain.json"), str(tmp_path / "repeated.json")
+    refine_annotation_file(coco_dataset["ann"], coco_dataset["images"], plain_out, _options(tiny_checkpoint))
+    summary = refine_annotation_file(_write(tmp_path / "rep.json", repeated), coco_dataset["images"], repeated_out,
+                                     _options(tiny_checkpoint))
+    assert summary.images == len({i["id"] for i in data["images"] if any(a["image_id"] == i["id"] for a in data["annotations"])})
+    assert _read(repeated_out)["annotations"] == _read(plain_out)["annotations"]
+    assert _read(repeated_out)["images"] == repeated["images"]  # the file is written back as it came
 
 
 def test_phoenix_without_a_refiner_checkpoint_is_refused_before_reading_anything(tmp_path):
