@@ -18,13 +18,26 @@ TITLES = {"segm": "Mask AP (segm)", "boundary": "Boundary AP (boundary)"}
 
 def check_annotation_lists(data: Any, kind: str = "a COCO") -> None:
     """``ValueError`` unless ``data`` is a JSON object with ``images``, ``annotations`` and ``categories``
-    lists, as every annotation file is (``kind``: "a COCO", "an LVIS", for the message)."""
+    lists, as every annotation file is (``kind``: "a COCO", "an LVIS", for the message), whose annotations
+    each have their own ``id``: pycocotools and lvis index annotations by id, so of two annotations with
+    one id the later would be evaluated twice and the earlier not at all."""
     if not isinstance(data, dict):
         raise ValueError(f"{kind} annotation file is a JSON object, not a {type(data).__name__}"
                          + (" (a result list?)" if isinstance(data, list) else ""))
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"no '{key}' list: not {kind} annotation file")
+    position_of: Dict[Any, int] = {}
+    for position, ann in enumerate(data["annotations"]):
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        if ann_id is None or isinstance(ann_id, (list, dict)):
+            raise ValueError(f"annotations[{position}] has no 'id' (or not a number): pycocotools and lvis index a "
+                             "ground truth's annotations by id")
+        first = position_of.setdefault(ann_id, position)
+        if first != position:
+            raise ValueError(f"annotations[{first}] and annotations[{position}] have the same id {ann_id!r}: "
+                             "pycocotools and lvis index annotations by id, so one would be evaluated twice and "
+                             "the other not at all")
 
 
 def prepare_mask_results(predictions: Sequence[Dict[str, Any]], imgs: Mapping[int, Dict[str, Any]],

@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from refine_hooks.evaluation import BoundaryCOCOeval, evaluate_coco
+from refine_hooks.evaluation import BoundaryCOCOeval, evaluate_coco, evaluate_lvis
 from refine_hooks.evaluation.coco import as_coco, load_results, summarize_coco
 
 from evaluation_helpers import official_boundary
@@ -198,5 +198,13 @@ def test_ground_truth_and_settings_that_pycocotools_would_trip_on_are_named(coco
         evaluate_coco(no_crowd, results, progress=False)
     with pytest.raises(ValueError, match="result list"):
         evaluate_coco(results, results, progress=False)
+    for evaluate, ground_truth in ((evaluate_coco, gt), (evaluate_lvis, make_lvis(gt))):
+        repeated = copy.deepcopy(ground_truth)
+        repeated["annotations"][4]["id"] = repeated["annotations"][1]["id"]
+        with pytest.raises(ValueError, match=r"annotations\[1\] and annotations\[4\] have the same id .* evaluated twice"):
+            evaluate(repeated, results, progress=False)
+        del repeated["annotations"][2]["id"]
+        with pytest.raises(ValueError, match=r"annotations\[2\] has no 'id'"):
+            evaluate(repeated, results, progress=False)
     with pytest.raises(ValueError, match="dilation_ratio must be a number greater than 0, got -1"):
         evaluate_coco(copy.deepcopy(gt), results, ["boundary"], dilation_ratio=-1, progress=False)
