@@ -118,9 +118,11 @@ def image_file_name(image: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _images_from_coco(images: List[Dict[str, Any]], source: str) -> Dict[Hashable, ImageInfo]:
-    """Image id -> :class:`ImageInfo`. An id listed twice for the same file and size is one image; listed
-    for different files or sizes it is an error (the records of that id would be refined on one of them)."""
+def coco_image_infos(images: List[Dict[str, Any]], source: str) -> Dict[Hashable, ImageInfo]:
+    """Image id -> :class:`ImageInfo` of a COCO ``images`` list (``source`` names the file in errors).
+
+    An id listed twice for the same file and size is one image; listed for different files or sizes it is
+    an :class:`AnnotationFileError`: the annotations of that id would be read on the wrong file."""
     infos: Dict[Hashable, ImageInfo] = {}
     first_position: Dict[Hashable, int] = {}
     for position, image in enumerate(images):
@@ -152,7 +154,7 @@ def load_image_infos(path: str | os.PathLike) -> Dict[Hashable, ImageInfo]:
     data = _load_json(path)
     if not isinstance(data, dict) or "images" not in data:
         raise AnnotationFileError(f"{path}: an image-info file must be a COCO annotation file with 'images'")
-    return _images_from_coco(data["images"], path)
+    return coco_image_infos(data["images"], path)
 
 
 def _load_detectron2(path: str) -> List[Dict[str, Any]]:
@@ -193,7 +195,7 @@ def load_annotation_file(
         if not isinstance(data.get("images"), list) or not isinstance(data["annotations"], list):
             raise AnnotationFileError(f"{path}: 'images' and 'annotations' must be lists")
         records = data["annotations"]
-        images = _images_from_coco(data["images"], path)
+        images = coco_image_infos(data["images"], path)
         if image_info_path is not None:
             # The file's own images win; the extra file only fills in images it lacks.
             images = {**load_image_infos(image_info_path), **images}

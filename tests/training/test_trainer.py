@@ -313,6 +313,21 @@ def test_mask_of_another_size_and_unpaired_files_stop_naming_them(tmp_path, tiny
                       model_type="tiny", checkpoint=tiny_sam_file, **SILENT)
 
 
+def test_an_image_id_naming_two_files_is_refused_and_a_repeated_entry_is_one_image(tmp_path, shapes_data):
+    annotations, root = shapes_data
+    with open(annotations) as handle:
+        data = json.load(handle)
+    first, other = data["images"][0], data["images"][1]
+    conflicting = tmp_path / "conflicting.json"
+    conflicting.write_text(json.dumps(dict(data, images=data["images"] + [dict(other, id=first["id"])])))
+    with pytest.raises(TrainingDataError, match=rf"images\[0\] and images\[{len(data['images'])}\] have the same id"):
+        CocoSource(str(conflicting), root)
+    repeated = tmp_path / "repeated.json"
+    repeated.write_text(json.dumps(dict(data, images=data["images"] + [dict(first)])))
+    plain, twice = CocoSource(annotations, root), CocoSource(str(repeated), root)
+    assert twice.images == plain.images and twice.annotations == plain.annotations  # listed twice, one image
+
+
 def test_tool_reports_bad_input_in_one_line(tmp_path, tiny_sam_file):
     images = tmp_path / "empty"
     images.mkdir()

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ...data.annotations import image_file_name
+from ...data.annotations import AnnotationFileError, coco_image_infos, image_file_name
 from ...data.images import ImageReadError, load_image, read_image_size
 from ...data.masks import segmentation_to_mask
 from ...data.windows import WindowedMap
@@ -126,11 +126,10 @@ class CocoSource(Source):
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
             raise TrainingDataError(f"{annotation_file}: not a COCO/LVIS annotation file (needs 'images' and 'annotations' lists)")
         by_image: Dict[Any, List[Dict[str, Any]]] = {}
-        ids = set()
-        for position, image in enumerate(data["images"]):
-            if not isinstance(image, dict) or "id" not in image or image_file_name(image) is None:
-                raise TrainingDataError(f"{annotation_file}: images[{position}] has no 'id' or no 'file_name' / 'coco_url'")
-            ids.add(image["id"])
+        try:
+            ids = coco_image_infos(data["images"], annotation_file)  # one entry per id, or an error
+        except AnnotationFileError as error:
+            raise TrainingDataError(str(error)) from None
         for position, annotation in enumerate(data["annotations"]):
             if not isinstance(annotation, dict) or "segmentation" not in annotation or "image_id" not in annotation:
                 raise TrainingDataError(f"{annotation_file}: annotations[{position}] has no 'image_id' or no 'segmentation'")
@@ -139,7 +138,8 @@ class CocoSource(Source):
                                         f"{annotation['image_id']}, which is not in 'images'")
             if not annotation.get("iscrowd", 0):
                 by_image.setdefault(annotation["image_id"], []).append(annotation)
-        self.entries = [image for image in data["images"] if by_image.get(image["id"])]
+        first_entries = {image["id"]: image for image in reversed(data["images"])}
+        self.entries = [first_entries[image_id] for image_id in ids if by_image.get(image_id)]
         self.images = [os.path.join(image_root, image_file_name(image)) for image in self.entries]
         self.annotations = [by_image[image["id"]] for image in self.entries]
 
