@@ -18,6 +18,10 @@ Datasets are the config's test sets (``DATASETS.TEST`` / ``dataloader.test``); `
 IMAGE_ROOT`` registers a COCO-format set first. LVIS sets (metadata ``evaluator_type == "lvis"``, or
 ``--lvis``) use the federated LVIS evaluation. Results are printed and written to
 ``<output>/evaluation.json``; the refined predictions to ``<output>/<dataset>/refine_hooks_segm_results.json``.
+
+Before any model is built the command line and the config are checked: files exist, config keys exist, the
+weights are a file (or a URL / ``detectron2://`` path), and every test set is registered; a problem stops the
+tool with one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import sys
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from refine_hooks import cli  # noqa: E402
 
 MODEL_ZOO_PREFIX = "model_zoo:"
 
@@ -50,32 +56,100 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--lvis", action="store_true", help="evaluate every test set with LVIS rules")
     parser.add_argument("--iou-type", nargs="+", default=["segm", "boundary"], choices=["segm", "boundary"])
     parser.add_argument("--output", default="outputs/detectron2_test")
-    parser.add_argument("--workers", type=int, default=1, help="processes computing boundaries")
-    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (1: no DDP; 0 runs on CPU)")
+    parser.add_argument("--workers", type=cli.positive_int, default=1, help="processes computing boundaries")
+    parser.add_argument("--num-gpus", type=cli.non_negative_int, default=1,
+                        help="GPUs per machine (1: no DDP; 0 runs on CPU)")
     parser.add_argument("--dist-url", default="auto")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE (yacs) or key=value (lazy)")
     return parser.parse_args(argv)
 
 
 def config_adders(specs: List[str]) -> List[Any]:
-    """The ``FUNCTION`` of each ``MODULE:FUNCTION`` (importing ``MODULE``); SystemExit names a bad one."""
+    """The ``FUNCTION`` of each ``MODULE:FUNCTION`` (importing ``MODULE``); :class:`cli.CliError` names a bad one."""
     adders = []
     for spec in specs:
         module_name, _, function = spec.partition(":")
         if not module_name or not function:
-            raise SystemExit(f"--add-config {spec!r}: expected MODULE:FUNCTION, e.g. mask2former:add_maskformer2_config")
+            cli.fail(f"--add-config {spec!r}: expected MODULE:FUNCTION, e.g. mask2former:add_maskformer2_config")
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
-            raise SystemExit(f"--add-config {spec}: cannot import {module_name}: {error}") from error
+            cli.fail(f"--add-config {spec}: cannot import {module_name}: {error}")
         adder = getattr(module, function, None)
         if not callable(adder):
-            raise SystemExit(f"--add-config {spec}: {module_name} has no function {function}")
+            cli.fail(f"--add-config {spec}: {module_name} has no function {function}")
         adders.append(adder)
     return adders
 
 
-def setup_yacs(args: argparse.Namespace):
+def check_command_line(args: argparse.Namespace) -> None:
+    """The files the command line names exist, and ``--output`` can be a directory."""
+    if not args.config_file.startswith(MODEL_ZOO_PREFIX):
+        cli.require_files({"--config-file": args.config_file})
+    cli.require_files({"--refiner-config": args.refiner_config})
+    for name, json_file, image_root in args.register:
+        cli.require_files({f"--register {name}": json_file})
+        cli.require_directory(f"--register {name}", image_root)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        cli.fail(f"--output {args.output}: is a file; --output is the directory the results are written to")
+
+
+# Weights Detectron2's checkpointer fetches itself (its PathManager handlers); anything else is a local file.
+_REMOTE_WEIGHTS = ("detectron2://", "http://", "https://", "catalog://", "manifold://")
+
+
+def check_config(args: argparse.Namespace) -> None:
+    """Build the config as :func:`evaluate` will and check it before any model exists: its keys (yacs and
+    LazyConfig overrides name keys that exist), its weights (a file, or a path Detectron2 downloads; not
+    empty, which would evaluate random weights) and its test sets (registered, ``--register`` included)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    for name, json_file, image_root in args.register:
+        if name in DatasetCatalog.list():
+            cli.fail(f"--register {name}: a dataset of that name is already registered (a Detectron2 builtin?); "
+                     "choose another name")
+        register_coco_instances(name, {}, json_file, image_root)
+    try:
+        if args.config_file.endswith(".py"):
+            from detectron2.config import LazyConfig
+
+            cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+            weights, weights_key = cfg.train.init_checkpoint, "train.init_checkpoint"
+            names = cfg.dataloader.test.dataset.names
+            names = [names] if isinstance(names, str) else list(names)
+        else:
+            cfg = yacs_config(args)
+            weights, weights_key, names = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", list(cfg.DATASETS.TEST)
+    except cli.CliError:
+        raise
+    except (KeyError, ValueError, AttributeError, AssertionError) as error:  # yacs / omegaconf name the key
+        cli.fail(f"--config-file {args.config_file} with {' '.join(args.opts) or 'no overrides'}: "
+                 f"{type(error).__name__}: {error}")
+    if not weights:
+        cli.fail(f"{weights_key} is empty: the model would be evaluated with random weights; "
+                 f"pass {weights_key}{' ' if weights_key.isupper() else '='}PATH")
+    if str(weights).startswith(_REMOTE_WEIGHTS):
+        from detectron2.utils.file_io import PathManager
+
+        try:  # fetched once here, into Detectron2's cache, before any process or model exists
+            PathManager.get_local_path(weights)
+        except OSError as error:  # urllib's URLError and HTTPError are OSErrors
+            cli.fail(f"{weights_key} {weights}: cannot download it ({error}); put the file on this machine and "
+                     f"pass its path", status=cli.EXIT_CANNOT_RUN)
+    else:
+        cli.require_files({weights_key: weights})
+    if not names:
+        cli.fail("the config names no test set (DATASETS.TEST / dataloader.test.dataset.names)")
+    registered = set(DatasetCatalog.list())
+    for name in names:
+        if name not in registered:
+            cli.fail(f"test set {name!r} is not registered: register a COCO-format set with --register {name} JSON "
+                     "IMAGE_ROOT, or import the module that registers it (--add-config)")
+
+
+def yacs_config(args: argparse.Namespace):
+    """The yacs config the command line describes (project config functions, file, overlays, overrides)."""
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
@@ -92,6 +166,11 @@ def setup_yacs(args: argparse.Namespace):
     for overlay in args.refiner_config:
         cfg.merge_from_file(overlay)
     cfg.merge_from_list(args.opts)
+    return cfg
+
+
+def setup_yacs(args: argparse.Namespace):
+    cfg = yacs_config(args)
     cfg.MODEL.DEVICE = checked_device(cfg.MODEL.DEVICE, args)
     cfg.freeze()
     return cfg
@@ -124,7 +203,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     """Build the model, load its weights, evaluate every test set; returns ``{dataset: results}``."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
-    from detectron2.data import build_detection_test_loader
+    from detectron2.data import DatasetCatalog, build_detection_test_loader
     from detectron2.data.datasets import register_coco_instances
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
@@ -136,7 +215,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     setup_logger(name="refine_hooks")
     setup_logger(name="detectron2")
     for name, json_file, image_root in args.register:
-        register_coco_instances(name, {}, json_file, image_root)
+        if name not in DatasetCatalog.list():  # check_config registered them already in the launching process
+            register_coco_instances(name, {}, json_file, image_root)
     results: Dict[str, Any] = {}
     if args.config_file.endswith(".py"):
         cfg = LazyConfig.load(args.config_file)
@@ -178,10 +258,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         from detectron2.engine import launch
     except ImportError:
-        print("tools/detectron2_test.py needs Detectron2, which is not on PyPI; see README, 'Detectron2'.",
-              file=sys.stderr)
-        return 2
-    config_adders(args.add_config)  # a bad --add-config stops here, before any process starts
+        cli.fail("tools/detectron2_test.py needs Detectron2, which is not on PyPI; see README, 'Detectron2'")
+    check_command_line(args)
+    check_config(args)  # before any process starts or any model is built
     if args.num_gpus <= 1:
         evaluate(args)
     else:
@@ -191,4 +270,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -23,6 +23,7 @@ MMDET_CONFIG = os.path.join(REPO, "configs", "mmdet", "mask-rcnn_r50_fpn_1x_coco
 # A CUDA device this machine does not have: "cuda" without CUDA, else an index past the last GPU.
 NO_SUCH_CUDA = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
 HAS_MMDET = importlib.util.find_spec("mmdet") is not None and importlib.util.find_spec("mmengine") is not None
+HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 
 JOB = "refine_pseudo_labels.py"
 EVAL = "evaluate.py"
@@ -31,12 +32,15 @@ TRAIN = "train_iou_adaption.py"
 VIS = "visualize_refinement.py"
 MMDET = "mmdet_test.py"
 REFINER = "train_refiner.py"
+D2 = "detectron2_test.py"
 
 _JOB_BASE = ["--images", "{d}/images", "--model-type", "tiny", "--checkpoint", "{d}/tiny.pth", "--device", "cpu",
              "--workers", "0", "--no-progress"]
 _TRAIN_BASE = ["--images", "{d}/images", "--model-type", "tiny", "--checkpoint", "{d}/tiny.pth", "--device", "cpu",
                "--no-progress"]
 _VIS_BASE = ["--images", "{d}/images"]
+_D2_BASE = ["--config-file", "model_zoo:COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+            "--refiner-config", os.path.join(REPO, "configs", "detectron2", "samrefiner.yaml"), "--num-gpus", "0"]
 _REFINER_BASE = ["--model-type", "tiny", "--checkpoint", "{d}/tiny.pth", "--device", "cpu", "--workers", "0",
                  "--no-progress", "--iterations", "1"]
 
@@ -183,6 +187,22 @@ CASES: List[Tuple[str, str, List[str], str]] = [
     # --- mmdet_test.py: the checkpoint is checked before any runner is built
     ("mmdet-missing-checkpoint", MMDET, [MMDET_CONFIG, "{d}/missing.pth"], "missing.pth"),
     ("mmdet-out-not-pkl", MMDET, [MMDET_CONFIG, "{d}/det.pkl", "--out", "{d}/preds.json"], "preds.json"),
+    # --- detectron2_test.py: the command line and the config are checked before any model is built
+    ("d2-missing-config", D2, ["--config-file", "{d}/absent.yaml"], "absent.yaml"),
+    ("d2-missing-refiner-config", D2, [*_D2_BASE, "--refiner-config", "{d}/absent_overlay.yaml"], "absent_overlay.yaml"),
+    ("d2-register-missing-json", D2, [*_D2_BASE, "--register", "user_set", "{d}/absent.json", "{d}/images"], "absent.json"),
+    ("d2-register-image-root-not-a-directory", D2, [*_D2_BASE, "--register", "user_set", "{d}/gt.json", "{d}/gt.json"],
+     "not a directory"),
+    ("d2-register-a-builtin-name", D2, [*_D2_BASE, "--register", "coco_2017_val", "{d}/gt.json", "{d}/images"],
+     "coco_2017_val"),
+    ("d2-bad-add-config", D2, ["--add-config", "no_such_module:add_config", *_D2_BASE], "no_such_module"),
+    ("d2-output-is-a-file", D2, [*_D2_BASE, "--output", "{d}/gt.json"], "gt.json"),
+    ("d2-workers-0", D2, [*_D2_BASE, "--workers", "0"], "--workers"),
+    ("d2-unknown-config-key", D2, [*_D2_BASE, "MODEL.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
+    ("d2-missing-weights", D2, [*_D2_BASE, "MODEL.WEIGHTS", "{d}/absent_weights.pkl"], "absent_weights.pkl"),
+    ("d2-empty-weights", D2, [*_D2_BASE, "MODEL.WEIGHTS", ""], "random weights"),
+    ("d2-unregistered-test-set", D2, [*_D2_BASE, "MODEL.WEIGHTS", "{d}/det.pkl", "DATASETS.TEST", "('no_such_set',)"],
+     "no_such_set"),
 ]
 
 
@@ -191,6 +211,8 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(row, tool, args, n
                                                                monkeypatch, capsys):
     if tool == MMDET and not HAS_MMDET:
         pytest.skip("mmdet / mmengine not installed")
+    if tool == D2 and not HAS_DETECTRON2:
+        pytest.skip("Detectron2 not installed")
     user_dir = copy_user_dir(template, tmp_path)
     before = snapshot(user_dir)
     monkeypatch.chdir(user_dir)  # anything written to the working directory would show in the snapshot
@@ -209,4 +231,20 @@ def test_tools_run_as_subprocesses(row, template, tmp_path):
     done = subprocess.run([sys.executable, os.path.join(REPO, "tools", tool), *[a.replace("{d}", user_dir) for a in args]],
                           capture_output=True, text=True, timeout=300, cwd=user_dir, env=env)
     assert_refused(done.returncode, done.stderr, named)
+    assert snapshot(user_dir) == before
+
+
+def test_detectron2_weights_that_cannot_be_downloaded_stop_before_any_model(template, tmp_path, monkeypatch, capsys):
+    """Remote weights are fetched once, before any process or model; a failed download is exit status 3
+    (the input may be fine, the machine cannot get it) with the URL in the one error line."""
+    if not HAS_DETECTRON2:
+        pytest.skip("Detectron2 not installed")
+    user_dir = copy_user_dir(template, tmp_path)
+    before = snapshot(user_dir)
+    monkeypatch.chdir(user_dir)
+    url = "https://127.0.0.1:9/refine_hooks_absent_weights.pkl"  # nothing listens on the discard port
+    code, _, err = run_tool(D2, [*_D2_BASE, "MODEL.WEIGHTS", url], monkeypatch, capsys)
+    assert "Traceback" not in err and code == 3
+    assert [line for line in err.splitlines() if "error: " in line] == [
+        next(line for line in err.splitlines() if line.startswith("error: MODEL.WEIGHTS " + url + ": cannot download"))]
     assert snapshot(user_dir) == before
