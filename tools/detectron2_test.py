@@ -99,9 +99,10 @@ _REMOTE_WEIGHTS = ("detectron2://", "http://", "https://", "catalog://", "manifo
 
 
 def check_config(args: argparse.Namespace) -> None:
-    """Build the config as :func:`evaluate` will and check it before any model exists: its keys (yacs and
-    LazyConfig overrides name keys that exist), its weights (a file, or a path Detectron2 downloads; not
-    empty, which would evaluate random weights) and its test sets (registered, ``--register`` included)."""
+    """Build the config as :func:`evaluate` will and check it before any model exists: its keys (yacs refuses
+    keys that do not exist; LazyConfig overrides create them, as Detectron2 does), its weights (a file, or a
+    path Detectron2 downloads; not empty, which would evaluate random weights) and its test sets (registered,
+    ``--register`` included)."""
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
 
@@ -121,8 +122,6 @@ def check_config(args: argparse.Namespace) -> None:
         else:
             cfg = yacs_config(args)
             weights, weights_key, names = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", list(cfg.DATASETS.TEST)
-    except cli.CliError:
-        raise
     except (KeyError, ValueError, AttributeError, AssertionError) as error:  # yacs / omegaconf name the key
         cli.fail(f"--config-file {args.config_file} with {' '.join(args.opts) or 'no overrides'}: "
                  f"{type(error).__name__}: {error}")
