@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from refine_hooks import cli  # noqa: E402
+from refine_hooks.files import not_a_checkpoint  # noqa: E402
 
 MODEL_ZOO_PREFIX = "model_zoo:"
 
@@ -138,6 +139,9 @@ def check_config(args: argparse.Namespace) -> None:
                      f"pass its path", status=cli.EXIT_CANNOT_RUN)
     else:
         cli.require_files({weights_key: weights})
+        problem = not_a_checkpoint(weights)
+        if problem:
+            cli.fail(f"{weights_key} {weights}: {problem}")
     if not names:
         cli.fail("the config names no test set (DATASETS.TEST / dataloader.test.dataset.names)")
     registered = set(DatasetCatalog.list())

@@ -24,6 +24,7 @@ from mmengine.config import DictAction
 
 from refine_hooks import cli
 from refine_hooks.data.annotations import atomic_write
+from refine_hooks.files import not_a_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +60,9 @@ def main(argv=None) -> int:
     local_checkpoint = None if "://" in args.checkpoint else args.checkpoint
     inputs = {"CONFIG": config_path, "CHECKPOINT": local_checkpoint, "--refiner-checkpoint": args.refiner_checkpoint}
     cli.require_files(inputs)
+    problem = not_a_checkpoint(local_checkpoint) if local_checkpoint else None
+    if problem:  # mmengine would load it only after building the model and the dataset
+        cli.fail(f"CHECKPOINT {local_checkpoint}: {problem}")
     if args.out:
         cli.check_output_path("--out", args.out, suffixes=(".pkl", ".pickle"), what="a pickle of the predictions")
     if args.metrics_out:

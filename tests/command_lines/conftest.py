@@ -63,8 +63,8 @@ def template(tmp_path_factory) -> str:
         handle.write(b"this is not a checkpoint\n" * 20)
     with open(os.path.join(root, "bad.json"), "w") as handle:
         handle.write('{"images": [1, 2,')
-    with open(os.path.join(root, "det.pkl"), "wb") as handle:
-        handle.write(b"a detector checkpoint, named like the output")
+    torch.save({"state_dict": {}, "meta": {"note": "a detector checkpoint, named like the output"}},
+               os.path.join(root, "det.pkl"))
     with open(os.path.join(root, "a_file"), "w") as handle:
         handle.write("a file where a directory is expected\n")
     os.mkdir(os.path.join(root, "a_dir"))

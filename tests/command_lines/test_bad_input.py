@@ -187,6 +187,8 @@ CASES: List[Tuple[str, str, List[str], str]] = [
     # --- mmdet_test.py: the checkpoint is checked before any runner is built
     ("mmdet-missing-checkpoint", MMDET, [MMDET_CONFIG, "{d}/missing.pth"], "missing.pth"),
     ("mmdet-out-not-pkl", MMDET, [MMDET_CONFIG, "{d}/det.pkl", "--out", "{d}/preds.json"], "preds.json"),
+    ("mmdet-garbage-checkpoint", MMDET, [MMDET_CONFIG, "{d}/garbage.pth"], "garbage.pth"),
+    ("mmdet-truncated-checkpoint", MMDET, [MMDET_CONFIG, "{d}/truncated.pth"], "truncated.pth"),
     # --- detectron2_test.py: the command line and the config are checked before any model is built
     ("d2-missing-config", D2, ["--config-file", "{d}/absent.yaml"], "absent.yaml"),
     ("d2-missing-refiner-config", D2, [*_D2_BASE, "--refiner-config", "{d}/absent_overlay.yaml"], "absent_overlay.yaml"),
@@ -201,6 +203,8 @@ CASES: List[Tuple[str, str, List[str], str]] = [
     ("d2-unknown-config-key", D2, [*_D2_BASE, "MODEL.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
     ("d2-missing-weights", D2, [*_D2_BASE, "MODEL.WEIGHTS", "{d}/absent_weights.pkl"], "absent_weights.pkl"),
     ("d2-empty-weights", D2, [*_D2_BASE, "MODEL.WEIGHTS", ""], "random weights"),
+    ("d2-garbage-weights", D2, [*_D2_BASE, "MODEL.WEIGHTS", "{d}/garbage.pth"], "garbage.pth"),
+    ("d2-truncated-weights", D2, [*_D2_BASE, "MODEL.WEIGHTS", "{d}/truncated.pth"], "truncated.pth"),
     ("d2-unregistered-test-set", D2, [*_D2_BASE, "MODEL.WEIGHTS", "{d}/det.pkl", "DATASETS.TEST", "('no_such_set',)"],
      "no_such_set"),
 ]
