@@ -127,7 +127,7 @@ def coco_image_infos(images: List[Dict[str, Any]], source: str) -> Dict[Hashable
     first_position: Dict[Hashable, int] = {}
     for position, image in enumerate(images):
         file_name = image_file_name(image) if isinstance(image, dict) else None
-        if "id" not in image or file_name is None:
+        if not isinstance(image, dict) or "id" not in image or file_name is None:
             raise AnnotationFileError(f"{source}: images[{position}] has no 'id' or no 'file_name' (nor an LVIS 'coco_url')")
         height, width = image.get("height"), image.get("width")
         info = ImageInfo(

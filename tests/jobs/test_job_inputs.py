@@ -202,6 +202,9 @@ def test_an_image_id_naming_two_images_is_refused_and_a_repeated_entry_is_one_im
     last = len(conflicting["images"]) - 1
     assert f"images[0] and images[{last}]" in message and first["file_name"] in message and other["file_name"] in message
     assert not os.path.exists(str(tmp_path / "o.json.work"))
+    not_an_entry = dict(data, images=[*data["images"], 5])
+    with pytest.raises(AnnotationFileError, match=rf"images\[{len(data['images'])}\] has no 'id'"):
+        load_annotation_file(_write(tmp_path / "entry.json", not_an_entry))
 
     repeated = dict(data, images=[*data["images"], dict(first)])
     plain_out, repeated_out = str(tmp_path / "plain.json"), str(tmp_path / "repeated.json")
