@@ -124,7 +124,6 @@ def coco_image_infos(images: List[Dict[str, Any]], source: str) -> Dict[Hashable
     An id listed twice for the same file and size is one image; listed for different files or sizes it is
     an :class:`AnnotationFileError`: the annotations of that id would be read on the wrong file."""
     infos: Dict[Hashable, ImageInfo] = {}
-    first_position: Dict[Hashable, int] = {}
     for position, image in enumerate(images):
         file_name = image_file_name(image) if isinstance(image, dict) else None
         if not isinstance(image, dict) or "id" not in image or file_name is None:
@@ -138,12 +137,12 @@ def coco_image_infos(images: List[Dict[str, Any]], source: str) -> Dict[Hashable
         )
         seen = infos.get(info.image_id)
         if seen is not None and seen != info:
+            first = next(k for k, other in enumerate(images) if other.get("id") == info.image_id)
             raise AnnotationFileError(
-                f"{source}: images[{first_position[info.image_id]}] and images[{position}] have the same id "
+                f"{source}: images[{first}] and images[{position}] have the same id "
                 f"{info.image_id!r} but differ ({seen.file_name} {seen.height}x{seen.width}, {info.file_name} "
                 f"{info.height}x{info.width}): an image id must name one image"
             )
-        first_position.setdefault(info.image_id, position)
         infos[info.image_id] = info
     return infos
 

@@ -27,17 +27,18 @@ def check_annotation_lists(data: Any, kind: str = "a COCO") -> None:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"no '{key}' list: not {kind} annotation file")
-    position_of: Dict[Any, int] = {}
+    seen = set()
     for position, ann in enumerate(data["annotations"]):
         ann_id = ann.get("id") if isinstance(ann, dict) else None
         if ann_id is None or isinstance(ann_id, (list, dict)):
             raise ValueError(f"annotations[{position}] has no 'id' (or not a number): pycocotools and lvis index a "
                              "ground truth's annotations by id")
-        first = position_of.setdefault(ann_id, position)
-        if first != position:
+        if ann_id in seen:
+            first = next(k for k, other in enumerate(data["annotations"]) if other.get("id") == ann_id)
             raise ValueError(f"annotations[{first}] and annotations[{position}] have the same id {ann_id!r}: "
                              "pycocotools and lvis index annotations by id, so one would be evaluated twice and "
                              "the other not at all")
+        seen.add(ann_id)
 
 
 def prepare_mask_results(predictions: Sequence[Dict[str, Any]], imgs: Mapping[int, Dict[str, Any]],

@@ -113,4 +113,3 @@ def box_prompt_masks(sam, scenes, device: str = "cpu"):
             logits, _ = engine.decode(embedding, multimask_output=False, **prompter.prompts_for(embedding, target[None]))
             pairs.append((engine.upsample_masks(logits[:, 0], embedding)[0], target))
     return pairs
-

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ...data.annotations import AnnotationFileError, coco_image_infos, image_file_name
+from ...data.annotations import AnnotationFileError, coco_image_infos
 from ...data.images import ImageReadError, load_image, read_image_size
 from ...data.masks import segmentation_to_mask
 from ...data.windows import WindowedMap
@@ -127,21 +127,20 @@ class CocoSource(Source):
             raise TrainingDataError(f"{annotation_file}: not a COCO/LVIS annotation file (needs 'images' and 'annotations' lists)")
         by_image: Dict[Any, List[Dict[str, Any]]] = {}
         try:
-            ids = coco_image_infos(data["images"], annotation_file)  # one entry per id, or an error
+            infos = coco_image_infos(data["images"], annotation_file)  # one per image id, or an error
         except AnnotationFileError as error:
             raise TrainingDataError(str(error)) from None
         for position, annotation in enumerate(data["annotations"]):
             if not isinstance(annotation, dict) or "segmentation" not in annotation or "image_id" not in annotation:
                 raise TrainingDataError(f"{annotation_file}: annotations[{position}] has no 'image_id' or no 'segmentation'")
-            if annotation["image_id"] not in ids:
+            if annotation["image_id"] not in infos:
                 raise TrainingDataError(f"{annotation_file}: annotation id {annotation.get('id')} names image "
                                         f"{annotation['image_id']}, which is not in 'images'")
             if not annotation.get("iscrowd", 0):
                 by_image.setdefault(annotation["image_id"], []).append(annotation)
-        first_entries = {image["id"]: image for image in reversed(data["images"])}
-        self.entries = [first_entries[image_id] for image_id in ids if by_image.get(image_id)]
-        self.images = [os.path.join(image_root, image_file_name(image)) for image in self.entries]
-        self.annotations = [by_image[image["id"]] for image in self.entries]
+        self.entries = [info for image_id, info in infos.items() if by_image.get(image_id)]
+        self.images = [os.path.join(image_root, info.file_name) for info in self.entries]
+        self.annotations = [by_image[info.image_id] for info in self.entries]
 
     def _keep(self, keep: List[int]) -> None:
         super()._keep(keep)
@@ -153,9 +152,9 @@ class CocoSource(Source):
 
     def expected_size(self, image: int) -> Optional[Tuple[int, int]]:
         entry = self.entries[image]
-        if entry.get("height") is None or entry.get("width") is None:
+        if entry.height is None or entry.width is None:
             return None
-        return int(entry["height"]), int(entry["width"])
+        return entry.height, entry.width
 
     def load_target(self, image: int, target: int, height: int, width: int) -> np.ndarray:
         annotation = self.annotations[image][target]
